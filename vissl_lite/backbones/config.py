@@ -1,0 +1,15 @@
+"""Schema of the ``backbone`` config section."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "resnet18"            # a name from ``vissl-lite list`` (backbones)
+    cifar_stem: bool = False          # ResNets: 3x3 stride-1 first conv and no max-pool (32x32 input)
+    img_size: Optional[int] = None    # ViTs: input resolution; null = the data's image size
+    drop_path_rate: float = 0.0
+    global_pool: str = "avg"          # ViTs: "avg" of patch tokens or "token" (CLS)
+    pretrained_path: Optional[str] = None  # a local weights file; nothing is ever downloaded

@@ -1,0 +1,216 @@
+"""Experiment configuration: YAML presets + command-line overrides, validated against schemas.
+
+A preset may inherit from others with a ``defaults`` list of paths relative to itself; they are
+merged in order, then the file's own keys, then ``key=value`` overrides from the command line
+(omegaconf dotlist syntax). Every source is validated on its own against the typed schemas (the
+``method`` section against the chosen method's ``Config`` dataclass), so an error names the key
+and the file (or override) it came from, in one line:
+
+    configs/simclr/cifar10_resnet18.yaml: unknown key 'optim.lrr' (did you mean 'optim.lr'?)
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import (ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException,
+                              ValidationError)
+
+from vissl_lite.augment.config import AugmentConfig
+from vissl_lite.backbones.config import BackboneConfig
+from vissl_lite.data.config import DataConfig
+from vissl_lite.engine.config import CheckpointConfig, LoggerConfig, OptimConfig, TrainConfig
+from vissl_lite.eval.config import MonitorConfig
+
+
+class ConfigError(ValueError):
+    """A user error in a config file or override; the message names the key, the source and the fix."""
+
+
+@dataclass
+class ExperimentConfig:
+    method: Any = field(default_factory=lambda: {"name": "simclr"})
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    seed: int = 0
+    deterministic: bool = False
+    output_dir: str = "runs/${method.name}_${backbone.name}"
+    resume: Optional[str] = None      # null | auto | path to a checkpoint
+
+
+REQUIRED = ("data.root",)
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} (check the path; presets live in configs/)")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as e:  # yaml.YAMLError and friends
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{path}: a config file must hold a mapping of sections, not a list")
+    return cfg
+
+
+def _collect_sources(path: Path, seen: Tuple[Path, ...] = ()) -> List[Tuple[str, DictConfig]]:
+    """Flatten the ``defaults`` inheritance into an ordered list of (source name, raw config)."""
+    path = path.resolve()
+    if path in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path))
+        raise ConfigError(f"{path}: circular 'defaults' chain: {chain}")
+    cfg = _read_yaml(path)
+    sources: List[Tuple[str, DictConfig]] = []
+    defaults = cfg.pop("defaults", None) if "defaults" in cfg else None
+    if defaults is not None:
+        if isinstance(defaults, str):
+            defaults = [defaults]
+        if not isinstance(defaults, (list, ListConfig)):
+            raise ConfigError(f"{path}: 'defaults' must be a list of config paths")
+        for parent in defaults:
+            parent_path = Path(str(parent))
+            if not parent_path.suffix:
+                parent_path = parent_path.with_suffix(".yaml")
+            if not parent_path.is_absolute():
+                parent_path = path.parent / parent_path
+            sources += _collect_sources(parent_path, (*seen, path))
+    sources.append((_display(path), cfg))
+    return sources
+
+
+def _display(path: Path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)
+
+
+def _method_schema(name: str) -> DictConfig:
+    from vissl_lite.registry import METHODS, RegistryError
+    import vissl_lite.methods  # noqa: F401  (registers the method plugins)
+
+    try:
+        cls = METHODS.get(name)
+    except RegistryError as e:
+        raise ConfigError(f"method.name: {e}") from None
+    return OmegaConf.structured(cls.Config)
+
+
+def _schema(method_name: str) -> DictConfig:
+    schema = OmegaConf.structured(ExperimentConfig)
+    OmegaConf.set_struct(schema, False)
+    schema.method = _method_schema(method_name)
+    OmegaConf.set_struct(schema, True)
+    return schema
+
+
+def _known_keys(schema: DictConfig, full_key: str) -> List[str]:
+    parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
+    node = OmegaConf.select(schema, parent) if parent else schema
+    if not isinstance(node, DictConfig):
+        return []
+    return [f"{parent}.{k}" if parent else str(k) for k in node.keys()]
+
+
+def _explain(e: OmegaConfBaseException, source: str, schema: DictConfig) -> ConfigError:
+    key = getattr(e, "full_key", None) or "?"
+    if isinstance(e, ConfigKeyError):
+        close = difflib.get_close_matches(key, _known_keys(schema, key), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return ConfigError(f"{source}: unknown key '{key}'{hint}")
+    if isinstance(e, ValidationError):
+        expected = ""
+        try:
+            ref = getattr(e, "ref_type", None)
+            expected = f" (expected {getattr(ref, '__name__', ref)})" if ref else ""
+        except Exception:
+            pass
+        msg = str(e).splitlines()[0]
+        return ConfigError(f"{source}: wrong type for '{key}': {msg}{expected}")
+    return ConfigError(f"{source}: invalid value for '{key}': {str(e).splitlines()[0]}")
+
+
+def _validate(schema: DictConfig, raw: DictConfig, source: str) -> None:
+    try:
+        OmegaConf.merge(schema, raw)
+    except OmegaConfBaseException as e:
+        raise _explain(e, source, schema) from None
+
+
+def _parse_overrides(overrides: Sequence[str]) -> List[Tuple[str, DictConfig]]:
+    out = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. optim.lr=0.3)")
+        out.append((f"command-line override '{item}'", OmegaConf.from_dotlist([item])))
+    return out
+
+
+def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[str] = (),
+                require: Sequence[str] = REQUIRED) -> DictConfig:
+    """Load a preset, apply overrides, validate, and return a resolved read-only ``DictConfig``."""
+    sources = _collect_sources(Path(path)) if path else []
+    sources += _parse_overrides(overrides)
+
+    raw_merged = OmegaConf.merge(*[c for _, c in sources]) if sources else OmegaConf.create()
+    method_name = OmegaConf.select(raw_merged, "method.name", default="simclr")
+    if not isinstance(method_name, str):
+        raise ConfigError("method.name must be a string naming a method (see `vissl-lite list`)")
+    schema = _schema(method_name)
+
+    for source, raw in sources:
+        _validate(schema, raw, source)
+    cfg = OmegaConf.merge(schema, *[c for _, c in sources])
+
+    for key in require:
+        if OmegaConf.is_missing(cfg, key) or OmegaConf.select(cfg, key) is None:
+            origin = f"in {sources[-1][0]} " if sources and path else ""
+            raise ConfigError(f"missing required value '{key}': set it {origin}or on the command "
+                              f"line, e.g. {key}=/path/to/data")
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot resolve interpolation at '{getattr(e, 'full_key', '?')}': "
+                          f"{str(e).splitlines()[0]}") from None
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"missing required value '{missing[0]}': set it in the config file or "
+                          f"on the command line ({missing[0]}=...)")
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def default_config(method: str = "simclr", overrides: Sequence[str] = ()) -> DictConfig:
+    """A validated config from the schema defaults alone (handy in notebooks and tests)."""
+    return load_config(None, [f"method.name={method}", *overrides], require=())
+
+
+def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML (atomically), next to a run's outputs."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    os.replace(tmp, path)
+
+
+def to_dict(cfg: DictConfig) -> Dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def dataclass_from(section: DictConfig, cls: type):
+    """Instantiate a schema dataclass from a validated config section."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    data = OmegaConf.to_container(section, resolve=True)
+    return cls(**{k: v for k, v in data.items() if k in names})

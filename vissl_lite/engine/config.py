@@ -1,0 +1,61 @@
+"""Schemas of the ``optim``, ``train``, ``checkpoint`` and ``logger`` config sections."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"                 # sgd | adamw | lars
+    lr: float = 0.1                   # base lr; multiplied by batch_size / lr_batch_base if scale_lr
+    scale_lr: bool = False
+    lr_batch_base: int = 256
+    min_lr: float = 0.0
+    warmup_epochs: float = 0.0
+    warmup_start_lr: float = 0.0
+    weight_decay: float = 0.0
+    weight_decay_end: Optional[float] = None  # cosine schedule of weight decay (DINO); null = constant
+    momentum: float = 0.9
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    lars_eta: float = 0.02
+    exclude_bias_and_norm: bool = True
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    max_steps: Optional[int] = None   # stop after this many optimizer steps (quick runs, tests)
+    batch_size: int = 256             # global: split across ranks and accumulation steps
+    accumulate: int = 1
+    precision: str = "fp32"           # fp32 | bf16 | fp16
+    channels_last: bool = False
+    compile: bool = False
+    grad_clip: Optional[float] = None
+    sync_bn: bool = False
+    skip_nonfinite: bool = False      # skip a step with a non-finite loss/grad instead of stopping
+    device: str = "auto"              # auto | cpu | cuda
+    log_every: int = 10
+
+
+@dataclass
+class CheckpointConfig:
+    every_epochs: int = 1
+    every_steps: Optional[int] = None
+    keep_last: int = 2
+    save_best: bool = True
+    best_metric: str = "loss"         # a logged metric; "loss" is minimised, others maximised
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"             # online | offline | disabled
+    project: str = "vissl_lite"
+    entity: Optional[str] = None
+
+
+@dataclass
+class LoggerConfig:
+    progress: bool = True
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    plot: bool = True
