@@ -1,2 +1,32 @@
 """Method plugins, one file each; importing this package registers them in ``METHODS``."""
+from __future__ import annotations
+
+import importlib
+
 from vissl_lite.methods.base import Method, StepOutput  # noqa: F401
+from vissl_lite.registry import METHODS
+
+_PLUGINS = ("simclr", "barlow_twins", "dino", "mae", "ijepa")
+
+for _name in _PLUGINS:
+    try:
+        importlib.import_module(f"vissl_lite.methods.{_name}")
+    except ModuleNotFoundError as _e:  # a plugin file not written yet; anything else must raise
+        if _e.name != f"vissl_lite.methods.{_name}":
+            raise
+
+
+def build_method(cfg) -> Method:
+    """Build backbone + method from a full experiment config (``vissl_lite.config.load_config``)."""
+    from vissl_lite.backbones import build_backbone_from_config
+
+    cls = METHODS.get(cfg.method.name)
+    image_size = cfg.augment.global_size or cfg.data.image_size or 32
+    backbone = build_backbone_from_config(cfg.backbone, image_size=image_size)
+    family = getattr(backbone, "family", "")
+    if cls.supported_backbones and family not in cls.supported_backbones:
+        from vissl_lite.config import ConfigError
+        raise ConfigError(f"method '{cfg.method.name}' needs a {' or '.join(cls.supported_backbones)} "
+                          f"backbone, got backbone.name={cfg.backbone.name} ({family}); "
+                          f"pick e.g. backbone.name=vit_tiny_patch4")
+    return cls(backbone, cfg.method)
