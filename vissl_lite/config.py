@@ -51,6 +51,16 @@ class ExperimentConfig:
 
 REQUIRED = ("data.root",)
 
+#: keys whose value must be one of a few words (checked after merging, with the list in the error)
+CHOICES = {
+    "train.precision": ("fp32", "bf16", "fp16"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "augment.path": ("cpu", "gpu"),
+    "optim.name": ("sgd", "adamw", "lars"),
+    "logger.wandb.mode": ("online", "offline", "disabled"),
+    "backbone.global_pool": ("avg", "token"),
+}
+
 
 def _read_yaml(path: Path) -> DictConfig:
     if not path.is_file():
@@ -130,14 +140,8 @@ def _explain(e: OmegaConfBaseException, source: str, schema: DictConfig) -> Conf
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         return ConfigError(f"{source}: unknown key '{key}'{hint}")
     if isinstance(e, ValidationError):
-        expected = ""
-        try:
-            ref = getattr(e, "ref_type", None)
-            expected = f" (expected {getattr(ref, '__name__', ref)})" if ref else ""
-        except Exception:
-            pass
         msg = str(e).splitlines()[0]
-        return ConfigError(f"{source}: wrong type for '{key}': {msg}{expected}")
+        return ConfigError(f"{source}: wrong type for '{key}': {msg}")
     return ConfigError(f"{source}: invalid value for '{key}': {str(e).splitlines()[0]}")
 
 
@@ -175,9 +179,13 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[st
 
     for key in require:
         if OmegaConf.is_missing(cfg, key) or OmegaConf.select(cfg, key) is None:
-            origin = f"in {sources[-1][0]} " if sources and path else ""
-            raise ConfigError(f"missing required value '{key}': set it {origin}or on the command "
+            origin = f"in {sources[-1][0]} or " if sources and path else ""
+            raise ConfigError(f"missing required value '{key}': set it {origin}on the command "
                               f"line, e.g. {key}=/path/to/data")
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"invalid value {key}={value!r}: choose one of {', '.join(allowed)}")
     try:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:

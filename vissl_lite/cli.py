@@ -1,0 +1,138 @@
+"""``vissl-lite``: the command line.
+
+    vissl-lite pretrain CONFIG [key=value ...]       train a method from a YAML preset
+    vissl-lite eval knn|linear|rankme|cluster CKPT --data PATH
+    vissl-lite config CONFIG [key=value ...]         print the resolved, validated config
+    vissl-lite list [methods|backbones|datasets|evaluators|presets]
+
+User errors (bad config key, missing data, wrong checkpoint) end in one line on stderr and exit
+status 2; anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+USER_ERRORS = ("ConfigError", "DataError", "RegistryError", "CheckpointError", "TrainingError")
+
+PRETRAIN_EPILOG = """\
+examples:
+  vissl-lite pretrain configs/simclr/cifar10_resnet18.yaml
+  vissl-lite pretrain configs/simclr/cifar10_resnet18.yaml optim.lr=0.6 train.epochs=100
+  vissl-lite pretrain configs/dino/cifar10_resnet18.yaml data.root=/data/cifar10 resume=auto
+  torchrun --nproc_per_node=8 -m vissl_lite.cli pretrain configs/dino/imagenet_vit_small.yaml
+
+overrides are omegaconf dotlist items (section.key=value); `vissl-lite config CONFIG` shows every
+key with its resolved value. resume=auto continues from OUTPUT_DIR/checkpoints/last.pt if present.
+"""
+
+
+def _presets_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "configs"
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from vissl_lite.config import load_config
+    from vissl_lite.engine import Trainer
+
+    cfg = load_config(args.config, args.overrides)
+    Trainer(cfg).fit()
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from vissl_lite.config import load_config
+
+    cfg = load_config(args.config, args.overrides, require=())
+    print(OmegaConf.to_yaml(cfg), end="")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    import vissl_lite.backbones  # noqa: F401  (each import fills its registry)
+    import vissl_lite.data  # noqa: F401
+    import vissl_lite.eval  # noqa: F401
+    import vissl_lite.methods  # noqa: F401
+    from vissl_lite.registry import ALL_REGISTRIES
+
+    wanted = args.what.rstrip("s") if args.what else None
+    for kind, registry in ALL_REGISTRIES.items():
+        if wanted in (None, kind):
+            print(f"{kind}s:")
+            for name in registry.names():
+                desc = registry.describe(name)
+                print(f"  {name:<24} {desc}".rstrip())
+    if wanted in (None, "preset"):
+        root = _presets_dir()
+        print("presets:")
+        for path in sorted(root.glob("*/*.yaml")) if root.is_dir() else []:
+            if path.parent.name != "base":
+                print(f"  configs/{path.parent.name}/{path.name}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from vissl_lite.eval.cli import run_eval_cli
+
+    return run_eval_cli(args) or 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vissl-lite",
+        description="Self-supervised pretraining (SimCLR, Barlow Twins, DINO, MAE, I-JEPA) and "
+                    "evaluation (kNN, linear probe, RankMe, clustering) from YAML presets.")
+    from vissl_lite import __version__
+    parser.add_argument("--version", action="version", version=f"vissl_lite {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("pretrain", help="train a method from a YAML preset",
+                       description="Pretrain an encoder without labels. Writes config.yaml, "
+                                   "metrics.jsonl, checkpoints/ and curves.png to output_dir.",
+                       epilog=PRETRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="YAML preset, e.g. configs/simclr/cifar10_resnet18.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint's frozen encoder",
+                       description="Evaluate the frozen encoder of a pretraining checkpoint "
+                                   "(or random:<backbone> for a random-init baseline).")
+    from vissl_lite.eval.cli import add_eval_arguments
+    add_eval_arguments(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("config", help="print a preset's resolved and validated config",
+                       description="Load, merge and validate a preset with overrides, print YAML.")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("list", help="list registered methods, backbones, data sets, evaluators, presets",
+                       description="List what a config can name.")
+    p.add_argument("what", nargs="?", choices=["methods", "backbones", "datasets", "evaluators",
+                                               "presets"])
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except Exception as e:  # only user errors are shortened; bugs keep their traceback
+        if type(e).__name__ in USER_ERRORS or any(c.__name__ in USER_ERRORS for c in type(e).__mro__):
+            print(f"vissl-lite: error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

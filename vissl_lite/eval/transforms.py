@@ -1,0 +1,75 @@
+"""Deterministic evaluation transforms: resize, center-crop to the training size, normalise.
+
+Features must be computed on images normalised exactly as in pretraining. The per-channel
+constants are taken from the run's ``augment.mean/std`` when a checkpoint sets them, else the
+defaults below (CIFAR statistics at 32x32 and below, ImageNet statistics otherwise), which are
+those of the augmentation pipeline when ``vissl_lite.augment`` exposes them.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torchvision.transforms import v2
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: Above this side length, evaluation resizes to ``size / CROP_PCT`` before the center crop
+#: (the ImageNet protocol: 256 -> 224); small images are only resized to the size itself.
+CROP_PCT = 0.875
+SMALL_IMAGE = 64
+
+
+def default_mean_std(image_size: int) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """The normalisation of the augmentation pipeline for this input size."""
+    try:
+        from vissl_lite.augment import default_mean_std as augment_default  # type: ignore
+        mean, std = augment_default(image_size)
+        return tuple(mean), tuple(std)
+    except ImportError:
+        pass
+    if image_size <= 32:
+        return CIFAR_MEAN, CIFAR_STD
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def resolve_mean_std(image_size: int, mean: Optional[Sequence[float]] = None,
+                     std: Optional[Sequence[float]] = None):
+    dmean, dstd = default_mean_std(image_size)
+    return tuple(mean) if mean else dmean, tuple(std) if std else dstd
+
+
+def _resize_crop(image_size: int):
+    resize = image_size if image_size <= SMALL_IMAGE else round(image_size / CROP_PCT)
+    return [v2.Resize(resize, antialias=True), v2.CenterCrop(image_size)]
+
+
+def eval_transform(image_size: int, mean=None, std=None) -> v2.Compose:
+    """PIL image -> normalised float tensor (3, image_size, image_size)."""
+    mean, std = resolve_mean_std(image_size, mean, std)
+    return v2.Compose([v2.ToImage(), *_resize_crop(image_size),
+                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+
+
+def uint8_transform(image_size: int) -> v2.Compose:
+    """PIL image -> uint8 tensor (3, image_size, image_size), normalised later on the device."""
+    return v2.Compose([v2.ToImage(), *_resize_crop(image_size)])
+
+
+def train_probe_transform(image_size: int, mean=None, std=None) -> v2.Compose:
+    """Linear-probe training augmentation of the papers: random resized crop + horizontal flip."""
+    mean, std = resolve_mean_std(image_size, mean, std)
+    scale = (0.08, 1.0) if image_size > SMALL_IMAGE else (0.2, 1.0)
+    return v2.Compose([v2.ToImage(), v2.RandomResizedCrop(image_size, scale=scale, antialias=True),
+                       v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize(mean, std)])
+
+
+def normalize_uint8(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 (B, 3, H, W) on any device -> float normalised, on the same device."""
+    m = torch.tensor(mean, device=images.device, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=images.device, dtype=torch.float32).view(1, -1, 1, 1)
+    return (images.float().div_(255.0) - m) / s
