@@ -12,4 +12,7 @@ class BackboneConfig:
     img_size: Optional[int] = None    # ViTs: input resolution; null = the data's image size
     drop_path_rate: float = 0.0
     global_pool: str = "avg"          # ViTs: "avg" of patch tokens or "token" (CLS)
+    pos_embed: str = "learn"          # ViTs: "learn" or fixed 2-D "sincos" (MAE, I-JEPA)
+    class_token: bool = True          # ViTs: prepend a CLS token (needed by global_pool=token)
+    dynamic_img_size: bool = False    # ViTs: accept other input sizes (DINO local crops)
     pretrained_path: Optional[str] = None  # a local weights file; nothing is ever downloaded

@@ -1,0 +1,13 @@
+"""Data sets (CIFAR-10/100, STL-10, ImageFolder from a folder or a tar archive) and the in-memory
+uint8 path. See ``datasets.py`` (by name, from the config), ``archive.py`` (reading a tar without
+extracting it) and ``memory.py`` (whole split as one cached uint8 tensor).
+"""
+from vissl_lite.data.archive import ImageFolderArchive
+from vissl_lite.data.datasets import ClassSubset, ImageFolder, build_dataset, subset_indices
+from vissl_lite.data.errors import DataError
+from vissl_lite.data.memory import UInt8TensorDataset, build_uint8_dataset, load_uint8
+
+# loader glue: vissl_lite.data.loader (engine-owned)
+
+__all__ = ["build_dataset", "load_uint8", "build_uint8_dataset", "UInt8TensorDataset",
+           "ImageFolder", "ImageFolderArchive", "ClassSubset", "subset_indices", "DataError"]

@@ -7,13 +7,13 @@ from typing import Optional
 
 @dataclass
 class DataConfig:
-    name: str = "imagefolder"         # cifar10 | cifar100 | stl10 | imagefolder (dir or .tar/.tar.gz)
+    name: str = "imagefolder"         # cifar10 | cifar100 | stl10 | imagefolder (folder or .tar[.gz])
     root: Optional[str] = None        # folder or archive; required
     train_split: str = "train"        # sub-folder (ImageFolder) or split name (torchvision)
     test_split: str = "test"
     download: bool = False            # torchvision data sets: fetch if missing (needs internet)
     image_size: Optional[int] = None  # null: the data set's native size (32 for CIFAR)
     in_memory: bool = False           # decode once into a uint8 tensor (cached on disk)
-    cache_dir: Optional[str] = None   # where the uint8 cache lives; null = next to the data / ~/.cache
+    cache_dir: Optional[str] = None   # uint8 cache; null: $VISSL_LITE_CACHE or ~/.cache/vissl_lite
     num_workers: int = 4
-    subset: Optional[int] = None      # use only the first N samples (quick runs)
+    subset: Optional[int] = None      # quick runs: fixed class-balanced random N samples per split

@@ -32,7 +32,8 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     grad_clip: Optional[float] = None
-    sync_bn: bool = False
+    sync_bn: bool = False             # SyncBatchNorm across ranks (GPU only)
+    find_unused_parameters: bool = False  # DDP: set when some trainable parameters get no grad
     skip_nonfinite: bool = False      # skip a step with a non-finite loss/grad instead of stopping
     device: str = "auto"              # auto | cpu | cuda
     log_every: int = 10

@@ -1,11 +1,10 @@
 """``EvalError``: a user error in an evaluation (bad argument, wrong shapes, missing labels).
 
-It subclasses ``ConfigError`` so the command line prints it as one line, like any config error.
+A plain ``ValueError`` subclass with no imports, because ``vissl_lite.config`` imports this
+package (for the ``monitor`` schema) and must not import itself back.
 """
 from __future__ import annotations
 
-from vissl_lite.config import ConfigError
 
-
-class EvalError(ConfigError):
+class EvalError(ValueError):
     """An evaluation cannot run as asked; the message names the cause and the fix."""

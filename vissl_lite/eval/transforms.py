@@ -1,9 +1,11 @@
 """Deterministic evaluation transforms: resize, center-crop to the training size, normalise.
 
 Features must be computed on images normalised exactly as in pretraining. The per-channel
-constants are taken from the run's ``augment.mean/std`` when a checkpoint sets them, else the
-defaults below (CIFAR statistics at 32x32 and below, ImageNet statistics otherwise), which are
-those of the augmentation pipeline when ``vissl_lite.augment`` exposes them.
+constants are taken from the run's ``augment.mean/std`` when a checkpoint sets them, else from
+``vissl_lite.augment.default_mean_std`` (the pipeline's own defaults); the constants below are
+only its fallback (CIFAR-10 statistics up to 32x32, ImageNet's above). Like the training loader
+(``data/loader.py`` builds its views without a data set name), evaluation passes no name unless
+asked, so both normalise alike.
 """
 from __future__ import annotations
 
@@ -23,23 +25,31 @@ CROP_PCT = 0.875
 SMALL_IMAGE = 64
 
 
-def default_mean_std(image_size: int) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
-    """The normalisation of the augmentation pipeline for this input size."""
+def default_mean_std(image_size: int, dataset: Optional[str] = None
+                     ) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """The augmentation pipeline's normalisation for this data set (name, or None) and size."""
     try:
-        from vissl_lite.augment import default_mean_std as augment_default  # type: ignore
-        mean, std = augment_default(image_size)
-        return tuple(mean), tuple(std)
+        from vissl_lite.augment import default_mean_std as augment_default
     except ImportError:
-        pass
+        augment_default = None
+    if augment_default is not None:
+        mean, std = augment_default(_known_name(dataset), image_size)
+        return tuple(mean), tuple(std)
     if image_size <= 32:
         return CIFAR_MEAN, CIFAR_STD
     return IMAGENET_MEAN, IMAGENET_STD
 
 
+def _known_name(dataset: Optional[str]) -> Optional[str]:
+    return None if dataset in (None, "", "imagefolder") else dataset
+
+
 def resolve_mean_std(image_size: int, mean: Optional[Sequence[float]] = None,
-                     std: Optional[Sequence[float]] = None):
-    dmean, dstd = default_mean_std(image_size)
-    return tuple(mean) if mean else dmean, tuple(std) if std else dstd
+                     std: Optional[Sequence[float]] = None, dataset: Optional[str] = None):
+    """``mean``/``std`` when given (a run's ``augment.mean/std``), else ``default_mean_std``."""
+    dmean, dstd = default_mean_std(image_size, dataset)
+    return (tuple(float(m) for m in mean) if mean else dmean,
+            tuple(float(s) for s in std) if std else dstd)
 
 
 def _resize_crop(image_size: int):
@@ -62,8 +72,7 @@ def uint8_transform(image_size: int) -> v2.Compose:
 def train_probe_transform(image_size: int, mean=None, std=None) -> v2.Compose:
     """Linear-probe training augmentation of the papers: random resized crop + horizontal flip."""
     mean, std = resolve_mean_std(image_size, mean, std)
-    scale = (0.08, 1.0) if image_size > SMALL_IMAGE else (0.2, 1.0)
-    return v2.Compose([v2.ToImage(), v2.RandomResizedCrop(image_size, scale=scale, antialias=True),
+    return v2.Compose([v2.ToImage(), v2.RandomResizedCrop(image_size, scale=(0.08, 1.0), antialias=True),
                        v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True),
                        v2.Normalize(mean, std)])
 

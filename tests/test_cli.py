@@ -1,0 +1,57 @@
+"""The command line: help texts, config printing, one-line user errors with exit status 2."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vissl_lite.cli import build_parser, main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for sub in ("pretrain", "eval", "config", "list"):
+        assert sub in out
+
+
+@pytest.mark.parametrize("sub", ["pretrain", "eval", "config", "list"])
+def test_each_subcommand_explains_itself(sub, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([sub, "--help"])
+    assert e.value.code == 0
+    assert len(capsys.readouterr().out.splitlines()) > 3
+
+
+def test_config_prints_the_resolved_preset(capsys):
+    assert main(["config", str(REPO / "configs/simclr/cifar10_resnet18.yaml"), "optim.lr=0.123"]) == 0
+    out = capsys.readouterr().out
+    assert "lr: 0.123" in out and "name: simclr" in out and "${" not in out
+
+
+def test_user_error_is_one_line_and_exit_2(capsys):
+    code = main(["config", str(REPO / "configs/simclr/cifar10_resnet18.yaml"), "optim.lrr=1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("vissl-lite: error:") and "optim.lrr" in err and len(err.splitlines()) == 1
+
+
+def test_list_prints_every_registry_and_the_presets(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for word in ("methods:", "simclr", "barlow_twins", "dino", "mae", "ijepa", "backbones:",
+                 "resnet18", "vit_small_patch16", "datasets:", "cifar10", "imagefolder",
+                 "evaluators:", "knn", "presets:", "configs/simclr/cifar10_resnet18.yaml"):
+        assert word in out, word
+
+
+def test_console_script_runs_as_a_module():
+    res = subprocess.run([sys.executable, "-m", "vissl_lite.cli", "--version"], capture_output=True,
+                         text=True, cwd=REPO)
+    assert res.returncode == 0 and "vissl_lite" in res.stdout

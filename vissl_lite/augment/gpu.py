@@ -1,0 +1,304 @@
+"""The GPU view pipeline: whole batches augmented on the device, random parameters per sample.
+
+On a fast accelerator the per-image CPU pipeline becomes the bottleneck of SSL training (two or
+ten views of every image per step). Here the data set is held as uint8 tensors on the device and
+each batch is augmented with a handful of batched kernels: every sample gets its own crop box,
+flip, colour-jitter factors and order, grayscale, blur sigma and solarisation, drawn from the same
+distributions as the torchvision pipeline in ``cpu.py``:
+
+- crops: boxes sampled exactly like ``RandomResizedCrop.get_params`` (10 tries of area scale and
+  log-aspect, integer boxes, centre-crop fallback), vectorised over the batch, then one
+  ``affine_grid`` + ``grid_sample`` per view that resizes (and flips) all boxes at once;
+- colour jitter: torchvision's ``ColorJitter`` semantics, including a random order of the four
+  ops drawn per sample; brightness, contrast and saturation are blends with a per-sample reference
+  (zero, mean gray level, gray image) done for all samples at once, hue through HSV on the samples
+  whose turn it is;
+- grayscale (ITU-R 601 weights), Gaussian blur with a per-sample sigma (separable depthwise
+  convolution, reflect padding, kernel of 10% of the view size), solarisation at 128/255.
+
+Why our own: torchvision.transforms.v2 and kornia's batch mode draw one set of parameters per
+call or loop over samples, and DALI is a separate runtime with its own samplers; none applies
+per-sample random parameters to a whole batch in a few kernels while sampling torchvision's
+distributions. Differences from the CPU path, all small: resizing is bilinear (bicubic for MAE)
+without antialiasing (crops are mostly upsampled, so this only matters when a crop shrinks by more
+than ~2x), bicubic's outer pixel ring may read the pixels just outside the crop box, and the ops
+run in float instead of rounding to uint8 after each op.
+
+The same code runs on CPU tensors (it is tested there) and on CUDA.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vissl_lite.augment.recipes import ViewParams, resolve_views
+from vissl_lite.augment.spec import ViewSpec
+
+SOLARIZE_THRESHOLD = 128 / 255
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
+
+
+def _rand(shape, generator: Optional[torch.Generator], device, dtype=torch.float32):
+    """Uniform draws on the generator's device (so a seeded CPU generator gives the same views on
+    any device), moved to ``device``."""
+    gen_device = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
+
+
+# ---------------------------------------------------------------------------- crop boxes ------
+
+def sample_crop_boxes(n: int, height: int, width: int, scale: Tuple[float, float],
+                      ratio: Tuple[float, float] = (3 / 4, 4 / 3),
+                      generator: Optional[torch.Generator] = None, device=None,
+                      tries: int = 10) -> torch.Tensor:
+    """``n`` boxes (top, left, h, w) as ``RandomResizedCrop.get_params`` draws them, vectorised."""
+    area = height * width
+    u = _rand((n, tries, 2), generator, device, torch.float64)
+    target_area = area * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[..., 1])
+    w = torch.round(torch.sqrt(target_area * aspect))
+    h = torch.round(torch.sqrt(target_area / aspect))
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = ok.to(torch.uint8).argmax(dim=1, keepdim=True)
+    found = ok.any(dim=1)
+    w = w.gather(1, first).squeeze(1)
+    h = h.gather(1, first).squeeze(1)
+
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fw, fh = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        fw, fh = int(round(height * max(ratio))), height
+    else:
+        fw, fh = width, height
+    w = torch.where(found, w, torch.full_like(w, fw))
+    h = torch.where(found, h, torch.full_like(h, fh))
+
+    pos = _rand((n, 2), generator, device, torch.float64)
+    top = torch.where(found, torch.floor(pos[:, 0] * (height - h + 1)), (height - h) // 2)
+    left = torch.where(found, torch.floor(pos[:, 1] * (width - w + 1)), (width - w) // 2)
+    return torch.stack([top, left, h, w], dim=1).long()
+
+
+def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: int,
+                 flip: Optional[torch.Tensor] = None, mode: str = "bilinear") -> torch.Tensor:
+    """Crop box ``i`` of ``images[i]`` (top, left, h, w), resize it to ``size`` and mirror it
+    where ``flip[i]``: one ``grid_sample`` for the whole batch (float images in, float out).
+    Sampling points are clamped to the box's pixel centres, as torchvision resizes a crop."""
+    n, _, height, width = images.shape
+    boxes = boxes.to(images.device, images.dtype)
+    top, left, h, w = boxes.unbind(1)
+    sx = w / width
+    if flip is not None:
+        sx = torch.where(flip.to(images.device), -sx, sx)
+    theta = torch.zeros(n, 2, 3, device=images.device, dtype=images.dtype)
+    theta[:, 0, 0] = sx
+    theta[:, 0, 2] = (2 * left + w) / width - 1
+    theta[:, 1, 1] = h / height
+    theta[:, 1, 2] = (2 * top + h) / height - 1
+    grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
+    lo = torch.stack([(2 * left + 1) / width, (2 * top + 1) / height], dim=1) - 1
+    hi = torch.stack([(2 * (left + w) - 1) / width, (2 * (top + h) - 1) / height], dim=1) - 1
+    grid = torch.clamp(grid, lo.view(n, 1, 1, 2), hi.view(n, 1, 1, 2))
+    out = F.grid_sample(images, grid, mode=mode, padding_mode="border", align_corners=False)
+    return out.clamp_(0, 1) if mode == "bicubic" else out
+
+
+# ---------------------------------------------------------------------------- colour ops ------
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(1)
+    return (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b).unsqueeze(1)
+
+
+def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the hue of each image by ``shift`` (fraction of a turn, per sample), via HSV."""
+    maxc, _ = x.max(dim=1)
+    minc, _ = x.min(dim=1)
+    delta = maxc - minc
+    sat = delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc))
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    r, g, b = x.unbind(1)
+    hue = torch.where(maxc == r, (g - b) / safe,
+                      torch.where(maxc == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
+    hue = torch.where(delta > 0, hue, torch.zeros_like(hue))
+    hue = torch.remainder(hue / 6.0 + shift.view(-1, 1, 1), 1.0)
+    channels = []
+    for offset in (5.0, 3.0, 1.0):
+        k = torch.remainder(offset + hue * 6.0, 6.0)
+        channels.append(maxc - maxc * sat * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0))
+    return torch.stack(channels, dim=1)
+
+
+def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor,
+                 active: torch.Tensor, with_hue: bool = True) -> torch.Tensor:
+    """torchvision's ColorJitter per sample: ``factors`` (n, 4) = brightness, contrast and
+    saturation factors and hue shift; ``order`` (n, 4) a permutation of the ops (0..3) per
+    sample; samples with ``active`` False are returned unchanged. ``with_hue=False`` skips the
+    hue op (a zero hue range)."""
+    identity = torch.tensor([1.0, 1.0, 1.0, 0.0], device=x.device, dtype=x.dtype)
+    factors = torch.where(active[:, None], factors.to(x.dtype), identity)
+    order = order.to(x.device)
+    rows = torch.arange(x.shape[0], device=x.device)
+    for step in range(4):
+        op = order[:, step]
+        gray = _gray(x)
+        reference = torch.where((op == 1).view(-1, 1, 1, 1),
+                                gray.mean(dim=(2, 3), keepdim=True),
+                                torch.where((op == 0).view(-1, 1, 1, 1), torch.zeros_like(gray), gray))
+        f = torch.where(op == 3, torch.ones_like(op, dtype=x.dtype), factors[rows, op.clamp(max=2)])
+        f = f.view(-1, 1, 1, 1)
+        x = (f * x + (1 - f) * reference).clamp_(0, 1)
+        if not with_hue:
+            continue
+        hue_rows = ((op == 3) & active).nonzero().squeeze(1)
+        if hue_rows.numel():
+            x[hue_rows] = adjust_hue(x[hue_rows], factors[hue_rows, 3])
+    return x
+
+
+def grayscale(x: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    return torch.where(active.view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Separable Gaussian blur with one sigma per sample (reflect padding, as torchvision).
+    A sigma of 0 gives a delta kernel, i.e. the image unchanged."""
+    n, c, height, width = x.shape
+    half = kernel_size // 2
+    t = torch.arange(-half, half + 1, device=x.device, dtype=x.dtype)
+    sigma = sigma.to(x.device, x.dtype).clamp(min=1e-6).view(-1, 1)
+    weights = torch.exp(-0.5 * (t / sigma) ** 2)
+    weights = (weights / weights.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)
+    padded = F.pad(x, (half, half, half, half), mode="reflect").reshape(1, n * c, height + 2 * half,
+                                                                       width + 2 * half)
+    out = F.conv2d(padded, weights.view(n * c, 1, 1, kernel_size), groups=n * c)
+    out = F.conv2d(out, weights.view(n * c, 1, kernel_size, 1), groups=n * c)
+    return out.view(n, c, height, width)
+
+
+def solarize(x: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    return torch.where(active.view(-1, 1, 1, 1) & (x >= SOLARIZE_THRESHOLD), 1 - x, x)
+
+
+# ---------------------------------------------------------------------------- pipeline --------
+
+@dataclass
+class BatchParams:
+    """The random parameters of ``n`` samples of a group of views (rows are view-major)."""
+
+    boxes: torch.Tensor        # (n, 4) long: top, left, h, w
+    flip: torch.Tensor         # (n,) bool
+    jitter: torch.Tensor       # (n,) bool: colour jitter applied
+    factors: torch.Tensor      # (n, 4): brightness, contrast, saturation factors, hue shift
+    order: torch.Tensor        # (n, 4) long: per-sample order of the four jitter ops
+    gray: torch.Tensor         # (n,) bool
+    blur: torch.Tensor         # (n,) bool
+    sigma: torch.Tensor        # (n,) blur sigma (0 where no blur)
+    solarize: torch.Tensor     # (n,) bool
+
+
+@dataclass
+class _Group:
+    view_ids: List[int]
+    view: ViewParams           # the shared parameters (sizes, scales, strengths)
+    probs: Dict[str, List[float]]
+
+
+class GPUViews(nn.Module):
+    """``forward(images uint8 (B,3,H,W), generator=None) -> [view (B,3,h,w) float, ...]``.
+
+    Views that differ only in their probabilities (SimCLR's two views, DINO's local crops, BYOL's
+    asymmetric pair) are processed as one batch of ``len(group) * B`` rows.
+    """
+
+    def __init__(self, views: List[ViewParams]):
+        super().__init__()
+        self.views = views
+        groups: Dict[Any, _Group] = {}
+        for i, v in enumerate(views):
+            g = groups.setdefault(v.group_key(), _Group([], v, {k: [] for k in (
+                "flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p")}))
+            g.view_ids.append(i)
+            for k in g.probs:
+                g.probs[k].append(getattr(v, k))
+        self.groups = list(groups.values())
+
+    def sample_params(self, batch: int, height: int, width: int, device=None,
+                      generator: Optional[torch.Generator] = None) -> List[BatchParams]:
+        """One ``BatchParams`` per group, drawn in a fixed order (deterministic under a seed)."""
+        out = []
+        for g in self.groups:
+            v, k = g.view, len(g.view_ids)
+            n = k * batch
+
+            def per_row(name):
+                return torch.tensor(g.probs[name], device=device).repeat_interleave(batch)
+
+            boxes = sample_crop_boxes(n, height, width, v.scale, v.ratio, generator, device)
+            u = _rand((n, 10), generator, device)
+            bri, con, sat, hue = v.jitter
+            lo = torch.tensor([max(0.0, 1 - bri), max(0.0, 1 - con), max(0.0, 1 - sat), -hue],
+                              device=device)
+            hi = torch.tensor([1 + bri, 1 + con, 1 + sat, hue], device=device)
+            factors = lo + (hi - lo) * u[:, 5:9]
+            order = _rand((n, 4), generator, device).argsort(dim=1)
+            blur = u[:, 3] < per_row("blur_p")
+            sigma = v.blur_sigma[0] + (v.blur_sigma[1] - v.blur_sigma[0]) * u[:, 9]
+            out.append(BatchParams(
+                boxes=boxes, flip=u[:, 0] < per_row("flip_p"), jitter=u[:, 1] < per_row("jitter_p"),
+                factors=factors, order=order, gray=u[:, 2] < per_row("grayscale_p"), blur=blur,
+                sigma=torch.where(blur, sigma, torch.zeros_like(sigma)),
+                solarize=u[:, 4] < per_row("solarize_p")))
+        return out
+
+    def apply(self, images: torch.Tensor, params: List[BatchParams]) -> List[torch.Tensor]:
+        """Render the views of ``images`` (uint8 or float in [0, 1]) with given parameters."""
+        batch = images.shape[0]
+        source = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+        views: List[Optional[torch.Tensor]] = [None] * len(self.views)
+        for g, p in zip(self.groups, params):
+            v = g.view
+            x = torch.empty(len(g.view_ids) * batch, 3, v.size, v.size, device=source.device)
+            for slot in range(len(g.view_ids)):
+                rows = slice(slot * batch, (slot + 1) * batch)
+                x[rows] = resized_crop(source, p.boxes[rows], v.size, p.flip[rows], v.interpolation)
+            if any(g.probs["jitter_p"]) and any(v.jitter):
+                x = color_jitter(x, p.factors, p.order, p.jitter.to(x.device), v.jitter[3] > 0)
+            if any(g.probs["grayscale_p"]):
+                x = grayscale(x, p.gray.to(x.device))
+            if any(g.probs["blur_p"]):
+                x = gaussian_blur(x, p.sigma, v.blur_kernel)
+            if any(g.probs["solarize_p"]):
+                x = solarize(x, p.solarize.to(x.device))
+            mean = torch.tensor(v.mean, device=x.device).view(1, 3, 1, 1)
+            std = torch.tensor(v.std, device=x.device).view(1, 3, 1, 1)
+            x = (x - mean) / std
+            for slot, i in enumerate(g.view_ids):
+                views[i] = x[slot * batch:(slot + 1) * batch]
+        return views  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor,
+                generator: Optional[torch.Generator] = None) -> List[torch.Tensor]:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"GPU views expect a batch of RGB images (B, 3, H, W), got shape "
+                             f"{tuple(images.shape)}")
+        params = self.sample_params(images.shape[0], images.shape[2], images.shape[3],
+                                    images.device, generator)
+        return self.apply(images, params)
+
+    def extra_repr(self) -> str:
+        return f"{len(self.views)} views: " + ", ".join(str(v.size) for v in self.views)
+
+
+def build_gpu_views(spec: ViewSpec, aug_cfg: Any = None, image_size: int = 224, *,
+                    dataset: Optional[str] = None) -> GPUViews:
+    """The batched pipeline for ``spec`` (same parameters as ``build_cpu_views``)."""
+    return GPUViews(resolve_views(spec, aug_cfg, image_size, dataset))

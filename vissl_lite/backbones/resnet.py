@@ -1,0 +1,44 @@
+"""torchvision ResNets (He et al. 2016) as SSL encoders: classifier removed, optional CIFAR stem.
+
+The CIFAR stem (a 3x3 stride-1 first convolution and no max-pool, as in SimCLR's CIFAR-10
+experiments, Chen et al. 2020, Appendix B.9, and solo-learn) keeps 32x32 inputs at full resolution
+through the first stage instead of shrinking them to 8x8. Subclassing torchvision's ``ResNet``
+keeps its parameter names, so torchvision state dicts load as they are.
+"""
+from __future__ import annotations
+
+from typing import Sequence, Type, Union
+
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet as _TorchvisionResNet
+
+
+class ResNet(_TorchvisionResNet):
+    """``forward(x (B,3,H,W)) -> (B, num_features)`` globally average-pooled features."""
+
+    family = "resnet"
+
+    def __init__(self, block: Type[Union[BasicBlock, Bottleneck]], layers: Sequence[int],
+                 cifar_stem: bool = False, name: str = "resnet"):
+        super().__init__(block, list(layers))
+        self.arch_name = name
+        self.num_features = self.fc.in_features
+        self.fc = nn.Identity()
+        self.cifar_stem = cifar_stem
+        if cifar_stem:
+            self.conv1 = nn.Conv2d(3, self.conv1.out_channels, kernel_size=3, stride=1, padding=1,
+                                   bias=False)
+            nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+            self.maxpool = nn.Identity()
+
+
+def resnet18(cifar_stem: bool = False, name: str = "resnet18") -> ResNet:
+    return ResNet(BasicBlock, (2, 2, 2, 2), cifar_stem, name)
+
+
+def resnet34(cifar_stem: bool = False, name: str = "resnet34") -> ResNet:
+    return ResNet(BasicBlock, (3, 4, 6, 3), cifar_stem, name)
+
+
+def resnet50(cifar_stem: bool = False, name: str = "resnet50") -> ResNet:
+    return ResNet(Bottleneck, (3, 4, 6, 3), cifar_stem, name)

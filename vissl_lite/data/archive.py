@@ -1,0 +1,268 @@
+"""An ImageFolder read straight from a ``.tar`` / ``.tar.gz`` archive, without extracting it.
+
+Layout: ``[<top>/]<split>/<class>/**/<image>`` (one optional top-level folder, as in
+``cifar10-jpeg.tar.gz``). Classes and samples are ordered exactly as torchvision's ``ImageFolder``
+orders them on the extracted tree (sorted class names -> index; within a class, files sorted by
+sub-folder then name), so the archive and the extracted folder give the same ``(image, label)``
+at every index.
+
+Storage, chosen for random access from DataLoader workers:
+
+* uncompressed ``.tar``: an index of ``(offset, size)`` per member over a memory map of the file,
+  opened lazily in each process (nothing is read until an image is asked for), so archives larger
+  than memory work;
+* compressed (``.tar.gz``, ``.tgz``, ``.tar.bz2``, ``.tar.xz``): a compressed stream cannot be
+  seeked, so the archive is decompressed once and the encoded bytes of the requested split are
+  kept in one contiguous ``bytes`` buffer (about 46 MB for the CIFAR-10 training split). One
+  object, not 50,000, so forked workers share it without copy-on-write churn. For archives
+  larger than memory use an uncompressed ``.tar`` or the extracted folder.
+
+The tar headers are parsed here rather than with :mod:`tarfile` because ``tarfile`` builds a
+Python ``TarInfo`` per member (2.2 s for the 60,000 CIFAR-10 members against 0.3 s here). Only
+plain ustar/v7 headers are parsed; anything else (pax or GNU long-name headers, base-256 sizes)
+falls back to ``tarfile``, so every archive ``tarfile`` reads is read correctly.
+"""
+from __future__ import annotations
+
+import bz2
+import gzip
+import lzma
+import mmap
+import os
+import tarfile
+from itertools import accumulate
+from pathlib import Path
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from vissl_lite.data.errors import DataError
+from vissl_lite.data.image import IMG_EXTENSIONS, decode_rgb, is_image_file
+
+__all__ = ["ImageFolderArchive", "is_archive", "ARCHIVE_SUFFIXES"]
+
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+
+_DECOMPRESSORS: Dict[bytes, Callable] = {
+    b"\x1f\x8b": gzip.decompress,
+    b"BZh": bz2.decompress,
+    b"\xfd7zXZ\x00": lzma.decompress,
+}
+
+_REGULAR, _DIRECTORY = (b"0"[0], 0, b"7"[0]), b"5"[0]
+
+
+class _Member(NamedTuple):
+    name: str
+    offset: int
+    size: int
+    is_dir: bool
+
+
+def is_archive(path: Union[str, os.PathLike]) -> bool:
+    return str(path).lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _octal(field: bytes) -> int:
+    field = field.split(b"\0", 1)[0].strip()
+    return int(field, 8) if field else 0
+
+
+def _scan_ustar(buf) -> Optional[List[_Member]]:
+    """Members of a ustar/v7 tar held in ``buf`` (bytes or mmap); None if it needs ``tarfile``."""
+    members, pos, end = [], 0, len(buf)
+    while pos + 512 <= end:
+        header = buf[pos:pos + 512]
+        if header[0] == 0:  # end-of-archive marker (a zero block)
+            break
+        if header[124] & 0x80 or header[156] not in (*_REGULAR, _DIRECTORY, *b"12346"):
+            return None
+        try:
+            checksum, size = _octal(header[148:156]), _octal(header[124:136])
+        except ValueError:
+            return None
+        if checksum != sum(header) - sum(header[148:156]) + 8 * 32:
+            return None
+        name = header[0:100].split(b"\0", 1)[0]
+        if header[257:262] == b"ustar":
+            prefix = header[345:500].split(b"\0", 1)[0]
+            if prefix:
+                name = prefix + b"/" + name
+        kind = header[156]
+        if kind in _REGULAR or kind == _DIRECTORY:
+            members.append(_Member(name.decode("utf-8", "surrogateescape"), pos + 512, size,
+                                   kind == _DIRECTORY))
+        pos += 512 + (size + 511) // 512 * 512
+    return members
+
+
+def _scan_tarfile(fileobj, path: Path) -> List[_Member]:
+    try:
+        with tarfile.open(fileobj=fileobj, mode="r:") as tar:
+            return [_Member(m.name, m.offset_data, m.size, m.isdir())
+                    for m in tar if (m.isreg() and not m.issparse()) or m.isdir()]
+    except tarfile.TarError as e:
+        raise DataError(f"{path} is not a readable tar archive ({e}); data.root must be an "
+                        f"ImageFolder directory or a .tar/.tar.gz of one") from None
+
+
+def _read_compressed(path: Path) -> Optional[bytes]:
+    """The decompressed tar of a .tar.gz/.bz2/.xz file, or None if ``path`` is a plain tar."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    for prefix, decompress in _DECOMPRESSORS.items():
+        if magic.startswith(prefix):
+            try:
+                return decompress(path.read_bytes())
+            except (OSError, EOFError, lzma.LZMAError) as e:
+                raise DataError(f"{path}: cannot decompress the archive ({e}); is it truncated?"
+                                ) from None
+    return None
+
+
+def _list_members(buf, path: Path) -> List[_Member]:
+    members = _scan_ustar(buf)
+    if members is None:
+        members = _scan_tarfile(_BufferFile(buf), path)
+    return members
+
+
+class _BufferFile:
+    """A read-only, seekable file over a bytes/mmap buffer (for the ``tarfile`` fallback)."""
+
+    def __init__(self, buf):
+        self.buf, self.pos = buf, 0
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self.buf) if n is None or n < 0 else self.pos + n
+        out = self.buf[self.pos:end]
+        self.pos += len(out)
+        return bytes(out)
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self.pos = pos + (self.pos if whence == 1 else len(self.buf) if whence == 2 else 0)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+
+def _parts(name: str) -> Tuple[str, ...]:
+    return tuple(p for p in name.split("/") if p not in ("", "."))
+
+
+def _locate_split(entries: Sequence[Tuple[Tuple[str, ...], _Member]], split: str,
+                  path: Path) -> int:
+    """How many leading path components come before ``split`` (0 or 1), or a DataError."""
+    tops = sorted({parts[0] for parts, _ in entries})
+    found = sorted({parts[0] for parts, m in entries if len(parts) > 1 or m.is_dir})
+    if split in found:
+        return 0
+    if len(tops) == 1:
+        below = sorted({parts[1] for parts, m in entries if len(parts) > 2 or
+                        (len(parts) == 2 and m.is_dir)})
+        if split in below:
+            return 1
+        found += [f"{tops[0]}/{b}" for b in below]
+    raise DataError(f"{path}: no split folder '{split}' in the archive; found folders "
+                    f"{', '.join(found) or '(none)'}. Expected "
+                    f"[<top>/]{split}/<class>/<image>; set data.train_split / data.test_split to "
+                    f"the folder names used in the archive")
+
+
+class ImageFolderArchive(Dataset):
+    """``torchvision.datasets.ImageFolder`` semantics over one split of a tar archive.
+
+    ``dataset[i] -> (PIL RGB image or transform(image), class index)``; ``.classes``,
+    ``.class_to_idx``, ``.samples`` (member name, class index) and ``.targets`` as in torchvision.
+    """
+
+    def __init__(self, path: Union[str, os.PathLike], split: str = "train",
+                 transform: Optional[Callable] = None):
+        self.path = Path(path).expanduser().resolve()
+        self.split = split
+        self.transform = transform
+        if not self.path.is_file():
+            raise DataError(f"archive not found: {self.path}; data.root must point to an "
+                            f"ImageFolder directory or a .tar/.tar.gz archive of one")
+        decompressed = _read_compressed(self.path)
+        buf = decompressed if decompressed is not None else self._map()
+        members = _list_members(buf, self.path)
+        self.classes, self.samples, located = self._index(members)
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.targets = [label for _, label in self.samples]
+        self._sizes = np.array([m.size for m in located], dtype=np.int64)
+        if decompressed is not None:
+            self._data = b"".join(decompressed[m.offset:m.offset + m.size] for m in located)
+            self._starts = np.array([0, *accumulate(self._sizes[:-1].tolist())], dtype=np.int64)
+        else:
+            buf.close()
+            self._data = None
+            self._starts = np.array([m.offset for m in located], dtype=np.int64)
+        self._compressed = decompressed is not None
+        self._mmap: Optional[mmap.mmap] = None
+
+    def _index(self, members: List[_Member]):
+        entries = [(p, m) for m in members if (p := _parts(m.name))]
+        if not entries:
+            raise DataError(f"{self.path}: the archive is empty; data.root must point to an "
+                            f"ImageFolder archive ([<top>/]{self.split}/<class>/<image>)")
+        depth = _locate_split(entries, self.split, self.path)
+        head = entries[0][0][:depth] + (self.split,)
+        classes, files = set(), []
+        for parts, m in entries:
+            if parts[:depth + 1] != head or len(parts) < depth + 2:
+                continue
+            rest = parts[depth + 1:]
+            if m.is_dir or len(rest) > 1:
+                classes.add(rest[0])
+            if not m.is_dir and len(rest) > 1 and is_image_file(rest[-1]):
+                files.append((rest[0], "/".join(rest[1:-1]), rest[-1], m))
+        where = f"{self.path}:{'/'.join(head)}"
+        if not classes:
+            raise DataError(f"{where}: no class folders; expected {'/'.join(head)}/<class>/<image>")
+        empty = classes - {f[0] for f in files}
+        if empty:
+            raise DataError(f"{where}: no images in class folder(s) {', '.join(sorted(empty))} "
+                            f"(image extensions: {', '.join(IMG_EXTENSIONS)})")
+        files.sort(key=lambda f: f[:3])
+        classes = sorted(classes)
+        class_to_idx = {c: i for i, c in enumerate(classes)}
+        samples = [(f[3].name, class_to_idx[f[0]]) for f in files]
+        return classes, samples, [f[3] for f in files]
+
+    def _map(self) -> mmap.mmap:
+        with open(self.path, "rb") as f:
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def read_bytes(self, index: int) -> bytes:
+        """The encoded bytes of sample ``index``."""
+        start, size = int(self._starts[index]), int(self._sizes[index])
+        if self._compressed:
+            return self._data[start:start + size]
+        if self._mmap is None:
+            self._mmap = self._map()
+        return self._mmap[start:start + size]
+
+    def describe(self, index: int) -> str:
+        return f"{self.path}:{self.samples[index][0]}"
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        image = decode_rgb(self.read_bytes(index), self.describe(index))
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.samples[index][1]
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_mmap"] = None  # reopened lazily in each worker process
+        return state
+
+    def __repr__(self) -> str:
+        return (f"ImageFolderArchive({self.path}, split={self.split!r}, "
+                f"{len(self)} images, {len(self.classes)} classes)")
+

@@ -1,0 +1,293 @@
+"""A whole split as one uint8 tensor ``(N, 3, H, W)``, decoded once and cached on disk.
+
+Small data sets (CIFAR, STL-10, ImageNet-100 at low resolution) fit in GPU memory as uint8; the
+batched GPU augmentation path then never touches a JPEG decoder or a DataLoader worker during
+training (as in the "FFCV"/"airbench" style CIFAR loaders). ``load_uint8`` gives that tensor:
+
+* torchvision CIFAR-10/100 and STL-10 already hold their pixels as a uint8 array: taken as is.
+* ImageFolder folders and archives are decoded once, in parallel over DataLoader worker
+  processes (``data.num_workers``), and saved as a ``.pt`` file in ``data.cache_dir`` (default
+  ``$VISSL_LITE_CACHE`` or ``~/.cache/vissl_lite``). The file name holds a hash of the data
+  set's path, split and size and of its contents' fingerprint (archive: size and mtime; folder:
+  path, size and mtime of every image), so a changed data set is decoded again instead of being
+  served stale; the stale file is removed. Written atomically (temporary file, then rename).
+  Under ``torch.distributed`` the first process of each node decodes while the others wait.
+
+All images must have one size, unless ``data.image_size`` is set: then each image's shorter side
+is resized to it (bicubic, antialiased) and the centre square is kept.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import re
+import time
+import warnings
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from vissl_lite import distributed as dist
+from vissl_lite.data.archive import is_archive
+from vissl_lite.data.config import DataConfig
+from vissl_lite.data.datasets import (ImageFolder, as_data_config, build_imagefolder,
+                                      describe_sample, split_name, subset_indices, targets_of)
+from vissl_lite.data.errors import DataError
+from vissl_lite.registry import DATASETS
+
+__all__ = ["load_uint8", "UInt8TensorDataset", "build_uint8_dataset", "default_cache_dir"]
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+CHUNK = 500  # images decoded per worker task
+
+Split = Tuple[torch.Tensor, torch.Tensor, List[str]]
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("VISSL_LITE_CACHE"):
+        return Path(os.environ["VISSL_LITE_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "vissl_lite"
+
+
+def load_uint8(data_cfg: Any, split: str = "train") -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(images uint8 (N, 3, H, W), labels long (N,))`` of a split; ``data.subset`` applies.
+
+    Same images, labels and order as ``build_dataset(data_cfg, split)``."""
+    images, labels, _ = _load_split(as_data_config(data_cfg), split)
+    return images, labels
+
+
+def build_uint8_dataset(data_cfg: Any, split: str = "train",
+                        transform: Optional[Callable] = None) -> "UInt8TensorDataset":
+    """``load_uint8`` wrapped as a Dataset (for the CPU augmentation path reading from memory)."""
+    return UInt8TensorDataset(*_load_split(as_data_config(data_cfg), split), transform=transform)
+
+
+class UInt8TensorDataset(Dataset):
+    """``dataset[i] -> (uint8 tensor (3, H, W) or transform(it), int label)`` from memory."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str] = (),
+                 transform: Optional[Callable] = None):
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise DataError(f"expected uint8 images of shape (N, 3, H, W), got {images.dtype} "
+                            f"{tuple(images.shape)}")
+        if len(labels) != len(images):
+            raise DataError(f"{len(images)} images but {len(labels)} labels")
+        self.images, self.labels = images, labels.long()
+        self.classes = list(classes)
+        self.transform = transform
+
+    @property
+    def targets(self) -> List[int]:
+        return self.labels.tolist()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        image = self.images[index]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[index])
+
+
+def _load_split(cfg: DataConfig, split: str) -> Split:
+    name = split_name(cfg, split)
+    images, labels, classes = _cached_decode(cfg, name)
+    if cfg.subset is not None:
+        keep = subset_indices(labels.numpy(), cfg.subset)
+        if len(keep) < len(labels):
+            keep_t = torch.from_numpy(keep)
+            images, labels = images[keep_t], labels[keep_t]
+    return images, labels, classes
+
+
+def _native_arrays(dataset: Dataset, image_size: Optional[int]) -> Optional[Split]:
+    """The pixel array torchvision's CIFAR / STL-10 already hold, when no resize is asked for."""
+    data = getattr(dataset, "data", None)
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 4):
+        return None
+    images = torch.from_numpy(data)
+    if images.shape[1] != 3 and images.shape[-1] == 3:
+        images = images.permute(0, 3, 1, 2)
+    if image_size is not None and tuple(images.shape[-2:]) != (image_size, image_size):
+        return None
+    labels = torch.from_numpy(targets_of(dataset))
+    return images.contiguous(), labels, list(getattr(dataset, "classes", []))
+
+
+# --- cache --------------------------------------------------------------------------------------
+
+def _archive_root(cfg: DataConfig) -> Optional[Path]:
+    if DATASETS.get(cfg.name) is not build_imagefolder or not cfg.root:
+        return None
+    root = Path(str(cfg.root)).expanduser()
+    return root.resolve() if root.is_file() and is_archive(root) else None
+
+
+def _fingerprint(cfg: DataConfig, dataset: Optional[Dataset]) -> Optional[str]:
+    """A string that changes whenever the data set's files change (None: not cacheable)."""
+    archive = _archive_root(cfg)
+    if archive is not None:
+        st = archive.stat()
+        return f"archive|{archive}|{st.st_size}|{st.st_mtime_ns}"
+    if isinstance(dataset, ImageFolder):
+        h = hashlib.sha1("\0".join(dataset.classes).encode())
+        for path, label in dataset.samples:
+            st = os.stat(path)
+            h.update(f"{path}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return f"folder|{Path(dataset.root).resolve()}|{h.hexdigest()}"
+    return None
+
+
+def _cache_paths(cfg: DataConfig, split: str, fingerprint: str) -> Tuple[Path, str]:
+    """(cache file, glob of the older caches of the same data set, split and size)."""
+    root = Path(str(cfg.root)).expanduser().resolve()
+    size = cfg.image_size or "native"
+    slot = hashlib.sha1(f"{cfg.name}|{root}|{split}|{size}".encode()).hexdigest()[:10]
+    stem = re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{root.name}-{split}-{size}")
+    version = hashlib.sha1(f"{CACHE_VERSION}|{fingerprint}".encode()).hexdigest()[:12]
+    folder = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+    return folder / f"{stem}-{slot}-{version}.pt", f"{stem}-{slot}-*.pt"
+
+
+def _read_cache(path: Path, fingerprint: str) -> Optional[Split]:
+    if not path.is_file():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: decode again
+        log.warning("ignoring unreadable cache %s (%s)", path, e)
+        return None
+    if blob.get("version") != CACHE_VERSION or blob.get("fingerprint") != fingerprint:
+        return None
+    return blob["images"], blob["labels"], list(blob["classes"])
+
+
+def _write_cache(path: Path, stale_glob: str, fingerprint: str, split_data: Split) -> None:
+    images, labels, classes = split_data
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"version": CACHE_VERSION, "fingerprint": fingerprint, "images": images,
+                    "labels": labels, "classes": classes}, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        warnings.warn(f"could not write the uint8 cache {path} ({e}); the split will be decoded "
+                      f"again next time. Set data.cache_dir to a writable folder.")
+        return
+    for old in path.parent.glob(stale_glob):
+        if old != path:
+            old.unlink(missing_ok=True)
+
+
+def _cached_decode(cfg: DataConfig, split: str) -> Split:
+    """The split from the cache if it is current, else decoded (and cached when cacheable).
+
+    An archive is fingerprinted from its file alone, so a cache hit does not even open it."""
+    build = partial(DATASETS.build, cfg.name, cfg, split, None)
+    dataset = None if _archive_root(cfg) is not None else build()
+    native = _native_arrays(dataset, cfg.image_size) if dataset is not None else None
+    if native is not None:
+        return native
+    fingerprint = _fingerprint(cfg, dataset)
+    if fingerprint is None:
+        return _decode(dataset, cfg)
+    path, stale_glob = _cache_paths(cfg, split, fingerprint)
+
+    def load_or_decode() -> Split:
+        cached = _read_cache(path, fingerprint)
+        if cached is not None:
+            log.info("loaded %s split '%s' from the cache %s", cfg.name, split, path)
+            return cached
+        decoded = _decode(dataset if dataset is not None else build(), cfg)
+        _write_cache(path, stale_glob, fingerprint, decoded)
+        return decoded
+
+    if not dist.is_dist():
+        return load_or_decode()
+    if dist.local_rank() == 0:
+        out = load_or_decode()
+        dist.barrier()
+        return out
+    dist.barrier()
+    return load_or_decode()
+
+
+# --- parallel decode ----------------------------------------------------------------------------
+
+def _fit(image, size: int):
+    if image.size == (size, size):
+        return image
+    image = TF.resize(image, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return TF.center_crop(image, [size, size])
+
+
+class _Chunks(Dataset):
+    """Item ``c`` = images ``[c * CHUNK, (c + 1) * CHUNK)`` decoded into one HWC uint8 array.
+
+    A DataError becomes a returned message, so the caller raises it cleanly (an exception in a
+    DataLoader worker is re-raised with the worker's traceback pasted into its message)."""
+
+    def __init__(self, dataset: Dataset, image_size: Optional[int]):
+        self.dataset, self.image_size = dataset, image_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.dataset) / CHUNK)
+
+    def __getitem__(self, chunk: int):
+        start = chunk * CHUNK
+        arrays, labels = [], []
+        for i in range(start, min(start + CHUNK, len(self.dataset))):
+            try:
+                image, label = self.dataset[i]
+            except DataError as e:
+                return {"error": str(e)}
+            if self.image_size is not None:
+                image = _fit(image, self.image_size)
+            array = np.asarray(image, dtype=np.uint8)
+            if arrays and array.shape != arrays[0].shape:
+                return {"error": _size_error(self.dataset, start, arrays[0].shape, i, array.shape)}
+            arrays.append(array)
+            labels.append(label)
+        return {"images": np.stack(arrays), "labels": np.asarray(labels, dtype=np.int64)}
+
+
+def _size_error(dataset: Dataset, i: int, shape_i, j: int, shape_j) -> str:
+    return (f"images differ in size: {describe_sample(dataset, i)} is {shape_i[1]}x{shape_i[0]} "
+            f"but {describe_sample(dataset, j)} is {shape_j[1]}x{shape_j[0]}; set "
+            f"data.image_size=N to resize every image to NxN for the in-memory path")
+
+
+def _decode(dataset: Dataset, cfg: DataConfig) -> Split:
+    n = len(dataset)
+    chunks = _Chunks(dataset, cfg.image_size)
+    workers = min(max(cfg.num_workers, 0), os.cpu_count() or 1, len(chunks) - 1)
+    started = time.perf_counter()
+    images: Optional[torch.Tensor] = None
+    labels = torch.empty(n, dtype=torch.long)
+    for c, out in enumerate(DataLoader(chunks, batch_size=None, num_workers=max(workers, 0))):
+        if "error" in out:
+            raise DataError(out["error"])
+        block = out["images"].permute(0, 3, 1, 2)
+        if images is None:
+            images = torch.empty((n, *block.shape[1:]), dtype=torch.uint8)
+        elif block.shape[1:] != images.shape[1:]:
+            raise DataError(_size_error(dataset, 0, images[0].permute(1, 2, 0).shape, c * CHUNK,
+                                        block[0].permute(1, 2, 0).shape))
+        images[c * CHUNK:c * CHUNK + len(block)] = block
+        labels[c * CHUNK:c * CHUNK + len(block)] = out["labels"]
+    log.info("decoded %d images in %.1f s with %d worker(s)", n, time.perf_counter() - started,
+             max(workers, 0))
+    return images, labels, list(dataset.classes)

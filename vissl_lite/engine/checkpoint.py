@@ -1,0 +1,183 @@
+"""Checkpoints: atomic writes, keep-last-N plus best, exact-resume state, loading for evaluation.
+
+A checkpoint is one ``torch.save`` dict (see ``docs/interfaces.md``) holding everything a resumed
+run needs to continue bit for bit: weights (the teacher/EMA and buffers such as DINO's center are
+part of the method's ``state_dict``), optimizer, scheduler, AMP scaler, the RNG states of every
+rank, the epoch and the position inside it, and the resolved config. It is written to a temporary
+file in the same folder, flushed to disk and renamed over the target (``os.replace`` is atomic
+on POSIX), so a crash or a SIGKILL during a write leaves the previous file untouched.
+
+Everything stored is a tensor or a Python primitive, so ``torch.load(weights_only=True)`` reads it.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+FORMAT_VERSION = 1
+LAST, BEST = "last.pt", "best.pt"
+_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, unreadable, or from another method/backbone."""
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to ``path`` through a temporary file and a rename (all or nothing)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_link(src: Path, dst: Path) -> None:
+    """Make ``dst`` a copy of ``src`` (a hard link when the file system allows), atomically."""
+    tmp = dst.with_name(f".{dst.name}.tmp.{os.getpid()}")
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Dict[str, Any]:
+    """Read a vissl_lite checkpoint; a clear ``CheckpointError`` if it is missing or not one."""
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / LAST, path / LAST):
+            if candidate.is_file():
+                path = candidate
+                break
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path} (give a .pt file or a run folder "
+                              f"that holds checkpoints/{LAST})")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''} (the file is truncated or "
+                              f"not a vissl_lite checkpoint; use another one, e.g. "
+                              f"checkpoints/step_*.pt)") from None
+    if not isinstance(ckpt, dict) or "format_version" not in ckpt or "model" not in ckpt:
+        raise CheckpointError(f"{path} is not a vissl_lite checkpoint (no 'format_version'/'model' "
+                              f"entries); a plain state_dict belongs in backbone.pretrained_path")
+    if ckpt["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format {ckpt['format_version']}, newer than "
+                              f"this vissl_lite understands ({FORMAT_VERSION}); upgrade vissl_lite")
+    return ckpt
+
+
+def check_compatible(ckpt: Dict[str, Any], method: str, backbone: str, source: str = "") -> None:
+    """Refuse to resume or load a checkpoint trained with another method or backbone."""
+    where = f" {source}" if source else ""
+    if ckpt.get("method") != method or ckpt.get("backbone") != backbone:
+        raise CheckpointError(
+            f"checkpoint{where} was trained with method={ckpt.get('method')} and "
+            f"backbone={ckpt.get('backbone')}, but this run uses method={method} and "
+            f"backbone={backbone}; resume with the same config, or set output_dir to a new folder "
+            f"(or resume=null) to start a fresh run")
+
+
+def find_resume(resume: Optional[str], output_dir: str | os.PathLike) -> Optional[Path]:
+    """The checkpoint ``resume`` points at: ``auto`` = the run folder's last one if any, else a path."""
+    if resume in (None, "", "none", "null", False):
+        return None
+    if str(resume).lower() == "auto":
+        last = Path(output_dir) / "checkpoints" / LAST
+        return last if last.is_file() else None
+    path = Path(str(resume))
+    if path.is_dir():
+        path = path / "checkpoints" / LAST if (path / "checkpoints" / LAST).is_file() else path / LAST
+    if not path.is_file():
+        raise CheckpointError(f"resume={resume}: no checkpoint there; give a .pt file, a run folder, "
+                              f"or resume=auto to continue {output_dir} when it has one")
+    return path
+
+
+class CheckpointManager:
+    """Writes ``step_XXXXXXX.pt`` files (keeping the last N), ``last.pt`` and ``best.pt``."""
+
+    def __init__(self, folder: str | os.PathLike, keep_last: int = 2):
+        self.folder = Path(folder)
+        self.keep_last = keep_last
+
+    @property
+    def last(self) -> Path:
+        return self.folder / LAST
+
+    def save(self, state: Dict[str, Any], step: int, is_best: bool = False) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if self.keep_last > 0:
+            path = self.folder / f"step_{step:07d}.pt"
+            atomic_save(state, path)
+            _atomic_link(path, self.last)
+            self._prune()
+        else:
+            path = self.last
+            atomic_save(state, path)
+        if is_best:
+            _atomic_link(path, self.folder / BEST)
+        return path
+
+    def step_files(self) -> List[Path]:
+        files = [p for p in self.folder.glob("step_*.pt") if _STEP_FILE.match(p.name)]
+        return sorted(files, key=lambda p: int(_STEP_FILE.match(p.name).group(1)))
+
+    def _prune(self) -> None:
+        for old in self.step_files()[:-self.keep_last]:
+            old.unlink(missing_ok=True)
+
+
+def load_pretrained(path: str | os.PathLike, map_location: Any = "cpu") -> Tuple[Any, Any]:
+    """Rebuild the method from a checkpoint's own config and load its weights (for evaluation).
+
+    Returns ``(method, cfg)`` with the method in eval mode on ``map_location``.
+    """
+    from omegaconf import OmegaConf
+
+    import vissl_lite.methods as methods
+
+    ckpt = load_checkpoint(path, map_location="cpu")
+    cfg = OmegaConf.create(ckpt["config"])
+    OmegaConf.set_readonly(cfg, False)
+    if "backbone" in cfg and "pretrained_path" in cfg.backbone:
+        cfg.backbone.pretrained_path = None  # the weights come from the checkpoint
+    OmegaConf.set_readonly(cfg, True)
+    method = methods.build_method(cfg)
+    missing, unexpected = method.load_state_dict(ckpt["model"], strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {path} does not fit the model rebuilt from its config "
+                              f"(missing keys: {missing[:5]}, unexpected keys: {unexpected[:5]}); "
+                              f"was it written by another version of the method?")
+    method.load_extra_state(ckpt.get("method_state", {}))
+    return method.to(map_location).eval(), cfg

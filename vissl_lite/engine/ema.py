@@ -1,0 +1,23 @@
+"""Exponential moving average of weights: the teacher / target network of BYOL, DINO and I-JEPA.
+
+    target <- m * target + (1 - m) * online        (Grill et al. 2020, eq. 1)
+
+with ``m`` usually following ``cosine_schedule(step, total, m_base, 1.0)``. Parameters are
+averaged; buffers (batch-norm statistics) are copied, as in the BYOL and DINO reference code.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    t_params = [p for p in target.parameters()]
+    o_params = [p.detach() for p in online.parameters()]
+    if len(t_params) != len(o_params):
+        raise ValueError("ema_update: target and online networks have different parameters")
+    torch._foreach_mul_(t_params, momentum)
+    torch._foreach_add_(t_params, o_params, alpha=1.0 - momentum)
+    for t_buf, o_buf in zip(target.buffers(), online.buffers()):
+        t_buf.copy_(o_buf)

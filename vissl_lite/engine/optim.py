@@ -1,0 +1,122 @@
+"""Optimizers: SGD, AdamW (torch) and LARS (You et al. 2017, as used by BYOL and Barlow Twins).
+
+LARS is written here because torch has none and the timm/apex variants differ in details that
+matter for SSL (whether weight decay enters the trust ratio, which parameters are excluded). This
+one follows the Barlow Twins / BYOL reference code: for every parameter ``w`` with gradient ``g``
+
+    g <- g + wd * w
+    g <- g * eta * ||w|| / ||g||        (trust ratio; 1 if either norm is 0)
+    mu <- momentum * mu + g
+    w <- w - lr * mu
+
+and parameters marked ``lars_exclude`` (biases and normalisation weights, by default) get neither
+weight decay nor the trust ratio: plain SGD with momentum.
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterable, List
+
+import torch
+from torch import nn
+
+
+class LARS(torch.optim.Optimizer):
+    """Layer-wise Adaptive Rate Scaling; see the module docstring for the update."""
+
+    def __init__(self, params: Iterable, lr: float, weight_decay: float = 0.0,
+                 momentum: float = 0.9, eta: float = 0.02):
+        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta,
+                        lars_exclude=False)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for w in group["params"]:
+                if w.grad is None:
+                    continue
+                g = w.grad
+                if not group["lars_exclude"]:
+                    g = g.add(w, alpha=group["weight_decay"])
+                    w_norm, g_norm = torch.linalg.vector_norm(w), torch.linalg.vector_norm(g)
+                    trust = torch.where((w_norm > 0) & (g_norm > 0),
+                                        group["eta"] * w_norm / g_norm, torch.ones_like(w_norm))
+                    g = g.mul(trust)
+                state = self.state[w]
+                if "mu" not in state:
+                    state["mu"] = torch.zeros_like(w)
+                mu = state["mu"]
+                mu.mul_(group["momentum"]).add_(g)
+                w.add_(mu, alpha=-group["lr"])
+        return loss
+
+
+def _no_weight_decay_names(model: nn.Module) -> set:
+    """Names that timm models list in ``no_weight_decay()`` (pos_embed, cls_token, ...), prefixed."""
+    names = set()
+    for prefix, module in model.named_modules():
+        fn = getattr(module, "no_weight_decay", None)
+        if callable(fn):
+            try:
+                listed = fn()
+            except TypeError:
+                continue
+            names |= {f"{prefix}.{n}" if prefix else n for n in listed}
+    return names
+
+
+def param_groups(model: nn.Module, weight_decay: float,
+                 exclude_bias_and_norm: bool = True) -> List[Dict]:
+    """Split trainable parameters into a decayed group and an excluded group.
+
+    Excluded: biases and every 1-d parameter (norm weights), plus what timm models list in
+    ``no_weight_decay()``. Excluded parameters get no weight decay and no LARS adaptation.
+    """
+    skip = _no_weight_decay_names(model) if exclude_bias_and_norm else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        excluded = exclude_bias_and_norm and (p.ndim <= 1 or name.endswith(".bias") or name in skip)
+        (no_decay if excluded else decay).append(p)
+    groups = [dict(params=decay, weight_decay=weight_decay, apply_weight_decay=True,
+                   lars_exclude=False)]
+    if no_decay:
+        groups.append(dict(params=no_decay, weight_decay=0.0, apply_weight_decay=False,
+                           lars_exclude=True))
+    return groups
+
+
+OPTIMIZERS = ("sgd", "adamw", "lars")
+
+
+def build_optimizer(optim_cfg, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """The optimizer named by ``optim.name`` over ``param_groups(model)``; ``lr`` is already scaled."""
+    from vissl_lite.config import ConfigError
+
+    name = str(optim_cfg.name).lower()
+    groups = param_groups(model, optim_cfg.weight_decay, optim_cfg.exclude_bias_and_norm)
+    if not any(g["params"] for g in groups):
+        raise ConfigError("the model has no trainable parameters (all requires_grad=False)")
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=optim_cfg.momentum,
+                               weight_decay=optim_cfg.weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(optim_cfg.betas),
+                                 weight_decay=optim_cfg.weight_decay)
+    if name == "lars":
+        return LARS(groups, lr=lr, weight_decay=optim_cfg.weight_decay,
+                    momentum=optim_cfg.momentum, eta=optim_cfg.lars_eta)
+    raise ConfigError(f"optim.name: unknown optimizer '{optim_cfg.name}'; "
+                      f"choose one of {', '.join(OPTIMIZERS)}")
+
+
+def scaled_lr(optim_cfg, global_batch_size: int) -> float:
+    """``optim.lr``, times ``batch_size / lr_batch_base`` when ``optim.scale_lr`` (Goyal et al. 2017)."""
+    if optim_cfg.scale_lr:
+        return optim_cfg.lr * global_batch_size / optim_cfg.lr_batch_base
+    return optim_cfg.lr

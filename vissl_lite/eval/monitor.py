@@ -1,0 +1,152 @@
+"""Online monitors: cheap evaluations during pretraining, logged like the loss.
+
+``OnlineMonitor`` runs every ``monitor.every_epochs`` epochs (the trainer calls ``run(epoch)``):
+a weighted kNN classifier (``eval.knn``) from a fixed random subset of the train split (the bank)
+to a fixed random subset of the test split, and RankMe (``eval.rankme``) of the bank's features.
+The subsets are decoded once into uint8 tensors at the evaluation size and normalised on the
+device, so a run costs one forward pass over ``train_subset + test_subset`` images.
+
+``OnlineLinearHead`` is solo-learn's online linear classifier: a linear layer with its own SGD
+optimizer, trained at every step on detached backbone features and the batch labels. Labels
+never reach the SSL loss; the head only reports how linearly separable the features are now.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from vissl_lite import distributed as dist
+from vissl_lite.eval.errors import EvalError
+from vissl_lite.eval.features import extract_features, resolve_device
+from vissl_lite.eval.knn import knn_classify
+from vissl_lite.eval.metrics import topk_accuracy
+from vissl_lite.eval.rankme import rankme
+from vissl_lite.eval.transforms import resolve_mean_std, uint8_transform
+
+ImagesLabels = Tuple[torch.Tensor, torch.Tensor]
+
+
+class OnlineLinearHead(nn.Module):
+    """A linear classifier trained on the side on detached features (solo-learn's online probe).
+
+    Call ``update(features, labels)`` once per training step with the backbone's pooled features
+    of one view (any dtype; detached here) and the batch labels: it does one SGD step of
+    cross-entropy on its own parameters and returns ``{"online_linear_loss", "online_linear_top1"}``
+    measured on that batch before the step. Samples with a negative label are ignored. Under DDP
+    the gradients are averaged across ranks, so every rank keeps the same head.
+    ``evaluate(features, labels)`` gives top-1/top-5 (%) without training.
+    """
+
+    def __init__(self, num_features: int, num_classes: int, lr: float = 0.1, momentum: float = 0.9,
+                 weight_decay: float = 0.0):
+        super().__init__()
+        self.linear = nn.Linear(num_features, num_classes)
+        self.optimizer = torch.optim.SGD(self.linear.parameters(), lr=lr, momentum=momentum,
+                                         weight_decay=weight_decay)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(features.detach().float())
+
+    def update(self, features: torch.Tensor, labels: torch.Tensor) -> Dict[str, float]:
+        keep = labels >= 0
+        features, labels = features[keep], labels[keep].long()
+        self.train()
+        with torch.enable_grad(), torch.autocast(features.device.type, enabled=False):
+            logits = self(features)
+            loss = F.cross_entropy(logits, labels) if len(labels) else logits.sum() * 0.0
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        for p in self.linear.parameters():
+            if p.grad is not None:
+                dist.all_reduce_mean(p.grad)
+        self.optimizer.step()
+        top1 = topk_accuracy(logits.detach(), labels, (1,))[1] if len(labels) else float("nan")
+        return {"online_linear_loss": float(loss.detach()), "online_linear_top1": top1}
+
+    @torch.no_grad()
+    def evaluate(self, features: torch.Tensor, labels: torch.Tensor) -> Dict[str, float]:
+        self.eval()
+        acc = topk_accuracy(self(features.to(self.linear.weight.device)), labels.long())
+        return {"online_linear_top1": acc[1], "online_linear_top5": acc[5]}
+
+
+def _random_subset(n: int, size: Optional[int], seed: int):
+    if not size or size >= n:
+        return list(range(n))
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].sort().values.tolist()
+
+
+def load_uint8_subset(data_cfg, split: str, size: Optional[int], image_size: int, seed: int = 0,
+                      num_workers: int = 0) -> ImagesLabels:
+    """A fixed random subset of a split, resized/center-cropped, as (uint8 (N,3,S,S), labels (N,))."""
+    from vissl_lite.data import build_dataset
+
+    dataset = build_dataset(data_cfg, split, transform=uint8_transform(image_size))
+    if len(dataset) == 0:
+        raise EvalError(f"the {split} split of {data_cfg.root} is empty; the monitor needs images")
+    subset = Subset(dataset, _random_subset(len(dataset), size, seed))
+    images, labels = [], []
+    for x, y in DataLoader(subset, batch_size=512, num_workers=num_workers):
+        images.append(x.as_subclass(torch.Tensor))
+        labels.append(torch.as_tensor(y))
+    return torch.cat(images), torch.cat(labels).long()
+
+
+class OnlineMonitor:
+    """kNN accuracy and RankMe of the method's frozen encoder on fixed held-out subsets.
+
+    ``OnlineMonitor(cfg, method, device)`` builds the subsets from ``cfg.data`` once (sizes from
+    ``cfg.monitor``, seed from ``cfg.seed``); ``train_data`` / ``test_data`` given as
+    (uint8 images, labels) replace them. ``run(epoch)`` returns
+    ``{"knn_top1": %, "knn_top5": %, "rankme": float}`` (plus ``online_linear_top1/5`` on the
+    test subset when ``monitor.online_linear`` is on and ``linear_head`` is being trained). It is
+    called on every rank: feature extraction is sharded and gathered, the numbers are the same.
+    """
+
+    def __init__(self, cfg, method: nn.Module, device=None, train_data: Optional[ImagesLabels] = None,
+                 test_data: Optional[ImagesLabels] = None):
+        self.cfg = cfg.monitor
+        self.method = method
+        self.device = resolve_device(device)
+        augment = cfg.get("augment", None) if hasattr(cfg, "get") else None
+        self.image_size = int((augment.global_size if augment else None) or cfg.data.image_size or 32)
+        self.mean, self.std = resolve_mean_std(self.image_size, augment.mean if augment else None,
+                                               augment.std if augment else None)
+        workers = min(int(cfg.data.num_workers), 4)
+        seed = int(cfg.get("seed", 0))
+        self.train_data = train_data or load_uint8_subset(cfg.data, "train", self.cfg.train_subset,
+                                                          self.image_size, seed, workers)
+        self.test_data = test_data or load_uint8_subset(cfg.data, "test", self.cfg.test_subset,
+                                                        self.image_size, seed + 1, workers)
+        self.num_classes = int(max(self.train_data[1].max(), self.test_data[1].max())) + 1
+        self.linear_head: Optional[OnlineLinearHead] = None
+        if self.cfg.online_linear:
+            encoder = method.backbone_for_eval()
+            self.linear_head = OnlineLinearHead(int(encoder.num_features), self.num_classes).to(self.device)
+
+    def _features(self, encoder: nn.Module, data: ImagesLabels):
+        images, labels = data
+        return extract_features(encoder, images, labels=labels, mean=self.mean, std=self.std,
+                                device=self.device, batch_size=256)
+
+    def run(self, epoch: int) -> Dict[str, float]:
+        encoder = self.method.backbone_for_eval()
+        bank, bank_labels = self._features(encoder, self.train_data)
+        out: Dict[str, float] = {}
+        if self.cfg.knn or self.linear_head is not None:
+            queries, query_labels = self._features(encoder, self.test_data)
+        if self.cfg.knn:
+            k = min(int(self.cfg.knn_k), len(bank))
+            acc = knn_classify(bank, bank_labels, queries, query_labels, k=k,
+                               temperature=float(self.cfg.knn_temperature),
+                               num_classes=self.num_classes, backend="torch", device=self.device)
+            out["knn_top1"], out["knn_top5"] = acc[f"knn_top1@{k}"], acc[f"knn_top5@{k}"]
+        if self.cfg.rankme:
+            out["rankme"] = rankme(bank)
+        if self.linear_head is not None:
+            out.update(self.linear_head.evaluate(queries, query_labels.to(self.device)))
+        return out

@@ -1,0 +1,39 @@
+"""RankMe (Garrido et al., ICML 2023): the effective rank of an embedding matrix, label-free.
+
+With sigma the singular values of the (N, D) embedding matrix,
+
+    p_k = sigma_k / ||sigma||_1 + eps,    RankMe = exp(-sum_k p_k log p_k),
+
+the exponential of the entropy of the normalised spectrum (Roy and Vetterli 2007). It lies in
+[1, min(N, D)] and tracks downstream accuracy without labels; a collapsed encoder scores near 1.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+
+from vissl_lite.eval.errors import EvalError
+from vissl_lite.registry import EVALUATORS
+
+EPS = 1e-7
+
+
+def rankme(embeddings: torch.Tensor, eps: float = EPS) -> float:
+    """Effective rank of ``embeddings`` (N, D), computed in float64 (see module docstring)."""
+    if embeddings.ndim != 2 or min(embeddings.shape) < 1:
+        raise EvalError(f"RankMe needs an (N, D) embedding matrix, got shape {tuple(embeddings.shape)}")
+    sigma = torch.linalg.svdvals(embeddings.detach().double())
+    p = sigma / sigma.sum() + eps
+    return float(torch.exp(-torch.special.xlogy(p, p).sum()))  # 0 log 0 = 0 when eps = 0
+
+
+@EVALUATORS.register("rankme", help="RankMe: effective rank of the embeddings (label-free)")
+def rankme_evaluate(train_features: torch.Tensor, train_labels: Optional[torch.Tensor] = None,
+                    test_features: Optional[torch.Tensor] = None,
+                    test_labels: Optional[torch.Tensor] = None, eps: float = EPS) -> Dict[str, float]:
+    """RankMe of the train features (and of the test features when given), with the dimension."""
+    out = {"rankme_train": rankme(train_features, eps), "feature_dim": float(train_features.shape[1])}
+    if test_features is not None:
+        out["rankme_test"] = rankme(test_features, eps)
+    return out

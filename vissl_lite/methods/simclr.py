@@ -1,0 +1,90 @@
+"""SimCLR: contrastive learning with the NT-Xent loss (Chen et al. 2020, arXiv:2002.05709).
+
+Two augmented views of each image go through the backbone and a projection MLP. Each projected
+view is an anchor whose positive is the other view of the same image; the negatives are the
+2N - 2 other views in the *global* batch (gathered from every rank with gradient):
+
+    z = normalize(projector(backbone(x)))                        for x in (view_a, view_b)
+    l(i, j) = -log exp(sim(z_i, z_j) / t) / sum_{k != i} exp(sim(z_i, z_k) / t)
+    loss = mean over all 2N anchors i of l(i, positive(i))
+
+Each rank computes the rows of its own 2n anchors against all 2N gathered candidates (as lightly's
+NTXentLoss with gather_distributed=True), so the gradient averaged by DDP equals the gradient of
+the single-process loss on the global batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+
+from vissl_lite.augment.spec import ViewSpec
+from vissl_lite.distributed import gather_with_grad, rank
+from vissl_lite.methods.base import Method, StepOutput
+from vissl_lite.methods.heads import projection_mlp
+from vissl_lite.registry import METHODS
+
+
+@dataclass
+class SimCLRConfig:
+    name: str = "simclr"
+    temperature: float = 0.1          # ImageNet (paper); lightly's CIFAR-10 benchmark uses 0.5
+    proj_hidden_dim: int = 2048
+    proj_output_dim: int = 128
+    proj_layers: int = 3              # SimCLR v2 / ImageNet: 3; CIFAR (v1, lightly): 2
+    proj_last_bn: bool = True         # BatchNorm after the projector's output layer (ImageNet)
+
+
+def nt_xent_loss(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """NT-Xent over the global batch; ``z_a[i]`` and ``z_b[i]`` are the two views of sample i.
+
+    Returns the mean over this rank's 2n anchors; on one process, the mean over all 2N anchors.
+    """
+    z_a = F.normalize(z_a.float(), dim=1)
+    z_b = F.normalize(z_b.float(), dim=1)
+    n = z_a.shape[0]
+    all_a, all_b = gather_with_grad(z_a), gather_with_grad(z_b)
+    big_n = all_a.shape[0]
+
+    anchors = torch.cat([z_a, z_b])                        # (2n, d): this rank's anchors
+    candidates = torch.cat([all_a, all_b])                 # (2N, d): every view in the global batch
+    logits = anchors @ candidates.T / temperature          # (2n, 2N)
+
+    own = torch.arange(n, device=z_a.device) + (rank() * n if big_n > n else 0)
+    self_col = torch.cat([own, own + big_n])               # an anchor is not its own negative
+    positive_col = torch.cat([own + big_n, own])           # view a of i <-> view b of i
+    rows = torch.arange(2 * n, device=z_a.device)
+    self_mask = torch.zeros_like(logits, dtype=torch.bool)
+    self_mask[rows, self_col] = True
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    return F.cross_entropy(logits, positive_col)
+
+
+@METHODS.register("simclr", help="SimCLR: NT-Xent contrastive loss over two views (Chen et al. 2020)")
+class SimCLR(Method):
+    """SimCLR: backbone + projection MLP trained with NT-Xent, negatives from all ranks."""
+
+    Config = SimCLRConfig
+    views = ViewSpec("simclr", 2, 0)
+    min_batch_size = 2
+
+    def __init__(self, backbone: nn.Module, cfg: Any = None):
+        super().__init__()
+        self.cfg = OmegaConf.to_object(OmegaConf.merge(SimCLRConfig, cfg or {}))
+        self.backbone = backbone
+        self.projector = projection_mlp(backbone.num_features, self.cfg.proj_hidden_dim,
+                                        self.cfg.proj_output_dim, self.cfg.proj_layers,
+                                        last_bn=self.cfg.proj_last_bn)
+
+    def training_step(self, batch: Dict[str, Any]) -> StepOutput:
+        view_a, view_b = batch["views"][:2]
+        h = self.backbone(torch.cat([view_a, view_b]))     # one pass: BN sees both views, as the paper
+        z_a, z_b = self.projector(h).chunk(2)
+        loss = nt_xent_loss(z_a, z_b, self.cfg.temperature)
+        with torch.no_grad():
+            pos_sim = F.cosine_similarity(z_a.float(), z_b.float(), dim=1).mean()
+        return StepOutput(loss, {"pos_sim": pos_sim}, embedding=h[: view_a.shape[0]].detach())
