@@ -287,7 +287,7 @@ def test_each_op_is_applied_with_its_probability(path, op, p):
             image.expand(n, -1, -1, -1), generator=torch.Generator().manual_seed(0))
         out = views[0]
     else:
-        n = 600
+        n = 400
         pipe = build_cpu_views(ViewSpec("simclr", 1), aug, 8)
         out = torch.stack([pipe(image[0])[0] for _ in range(n)])
     assert binomial_ok(_op_applied(op, out).sum().item(), n, p)

@@ -148,7 +148,7 @@ def _free_port() -> int:
 def _center_worker(rank, world, port, outputs, out_dir):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        center = torch.zeros(1, outputs.shape[1])
+        center = torch.zeros(1, outputs.shape[2])
         update_center(center, outputs[rank], momentum=0.9)
         torch.save(center, f"{out_dir}/rank{rank}.pt")
     finally:

@@ -170,7 +170,6 @@ def augment(images: torch.Tensor) -> torch.Tensor:
 
 
 def test_thirty_steps_on_real_cifar10_lower_the_loss(cifar_root):
-    torch.set_num_threads(2)
     train = load_cifar_images(cifar_root, 256)
     held_out = v2.functional.normalize(load_cifar_images(cifar_root, 32, "test"), CIFAR_MEAN,
                                        CIFAR_STD)

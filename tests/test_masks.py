@@ -56,7 +56,7 @@ def _rect(idx, width):
     r0, r1, c0, c1 = rows.min(), rows.max(), cols.min(), cols.max()
     expected = torch.stack(torch.meshgrid(torch.arange(r0, r1 + 1), torch.arange(c0, c1 + 1),
                                           indexing="ij"), -1).reshape(-1, 2)
-    assert torch.equal(torch.stack([rows, cols], -1), expected * torch.tensor([1, 1]))
+    assert torch.equal(torch.stack([rows, cols], -1), expected)
     return int(r1 - r0 + 1), int(c1 - c0 + 1)
 
 
@@ -80,7 +80,7 @@ def test_block_masks_geometry_and_disjointness(grid):
         assert ctx.shape[1] >= 4
         assert (ctx.diff(dim=1) > 0).all() and ctx.min() >= 0 and ctx.max() < n_patches
         ch, cw = m.context_size
-        assert ch == min(ch, gh - 1) and 0.85 * n_patches - (ch + cw) <= ch * cw
+        assert ch <= gh - 1 and cw <= gw - 1 and 0.85 * n_patches - (ch + cw) <= ch * cw
         target_union = torch.zeros(16, n_patches, dtype=torch.bool)
         for t in targets:
             target_union.scatter_(1, t, True)
@@ -115,7 +115,7 @@ def test_block_masks_are_seeded_and_differ_per_sample():
 def test_block_masks_fall_back_to_the_target_complement_and_fail_clearly():
     # big targets on a small grid: context blocks often keep too little, the fallback keeps the
     # whole complement of the targets, still disjoint from them
-    m = block_masks(64, 6, num_targets=4, target_scale=(0.3, 0.3), context_scale=(0.3, 0.3),
+    m = block_masks(64, 6, num_targets=4, target_scale=(0.2, 0.2), context_scale=(0.3, 0.3),
                     min_keep=6, max_tries=2, generator=gen(0))
     assert m.num_fallback > 0
     union = torch.zeros(64, 36, dtype=torch.bool)

@@ -113,27 +113,23 @@ def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: int,
 # ---------------------------------------------------------------------------- colour ops ------
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
-    r, g, b = x.unbind(1)
-    return (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b).unsqueeze(1)
+    weights = x.new_tensor(GRAY_WEIGHTS).view(1, 3, 1, 1)
+    return (x * weights).sum(dim=1, keepdim=True)
 
 
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate the hue of each image by ``shift`` (fraction of a turn, per sample), via HSV."""
-    maxc, _ = x.max(dim=1)
-    minc, _ = x.min(dim=1)
+    """Rotate the hue of each image by ``shift`` (fraction of a turn, per sample), as torchvision
+    does through HSV: the hue moves, each pixel's max and min channel stay."""
+    maxc = x.amax(dim=1, keepdim=True)
+    minc = x.amin(dim=1, keepdim=True)
     delta = maxc - minc
-    sat = delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc))
-    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
-    r, g, b = x.unbind(1)
+    safe = delta.clamp_min(1e-12)
+    r, g, b = x.split(1, dim=1)
     hue = torch.where(maxc == r, (g - b) / safe,
                       torch.where(maxc == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
-    hue = torch.where(delta > 0, hue, torch.zeros_like(hue))
-    hue = torch.remainder(hue / 6.0 + shift.view(-1, 1, 1), 1.0)
-    channels = []
-    for offset in (5.0, 3.0, 1.0):
-        k = torch.remainder(offset + hue * 6.0, 6.0)
-        channels.append(maxc - maxc * sat * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0))
-    return torch.stack(channels, dim=1)
+    hue = torch.remainder(hue + 6.0 * shift.view(-1, 1, 1, 1), 6.0)   # in sextants
+    k = torch.remainder(x.new_tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1) + hue, 6.0)
+    return maxc - delta * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
 
 
 def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor,
@@ -141,25 +137,34 @@ def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor,
     """torchvision's ColorJitter per sample: ``factors`` (n, 4) = brightness, contrast and
     saturation factors and hue shift; ``order`` (n, 4) a permutation of the ops (0..3) per
     sample; samples with ``active`` False are returned unchanged. ``with_hue=False`` skips the
-    hue op (a zero hue range)."""
-    identity = torch.tensor([1.0, 1.0, 1.0, 0.0], device=x.device, dtype=x.dtype)
-    factors = torch.where(active[:, None], factors.to(x.dtype), identity)
+    hue op (a zero hue range).
+
+    Brightness, contrast and saturation are each ``lerp(reference, x, factor)`` with reference
+    zero, the mean gray level or the gray image, so one step serves all samples whatever op
+    their order puts there; hue runs on the samples whose turn it is.
+    """
+    n = x.shape[0]
     order = order.to(x.device)
-    rows = torch.arange(x.shape[0], device=x.device)
+    factors = factors.to(x.device, x.dtype)
+    active = active.to(x.device)
+    blend = torch.where(active[:, None], factors[:, :3], torch.ones_like(factors[:, :3]))
+    step_factor = torch.where(order == 3, torch.ones_like(factors),
+                              blend.gather(1, order.clamp(max=2)))       # (n, 4 steps)
+    use_mean = (order == 1).to(x.dtype)
+    use_gray = (order == 2).to(x.dtype)
+    if with_hue:
+        hue_step = torch.where(active, (order == 3).to(torch.uint8).argmax(dim=1), 4)
+        by_step = hue_step.argsort()
+        counts = torch.bincount(hue_step, minlength=5).tolist()
+        hue_rows = by_step.split(counts)
     for step in range(4):
-        op = order[:, step]
         gray = _gray(x)
-        reference = torch.where((op == 1).view(-1, 1, 1, 1),
-                                gray.mean(dim=(2, 3), keepdim=True),
-                                torch.where((op == 0).view(-1, 1, 1, 1), torch.zeros_like(gray), gray))
-        f = torch.where(op == 3, torch.ones_like(op, dtype=x.dtype), factors[rows, op.clamp(max=2)])
-        f = f.view(-1, 1, 1, 1)
-        x = (f * x + (1 - f) * reference).clamp_(0, 1)
-        if not with_hue:
-            continue
-        hue_rows = ((op == 3) & active).nonzero().squeeze(1)
-        if hue_rows.numel():
-            x[hue_rows] = adjust_hue(x[hue_rows], factors[hue_rows, 3])
+        reference = (use_gray[:, step].view(n, 1, 1, 1) * gray
+                     + use_mean[:, step].view(n, 1, 1, 1) * gray.mean(dim=(2, 3), keepdim=True))
+        x = torch.lerp(reference, x, step_factor[:, step].view(n, 1, 1, 1)).clamp_(0, 1)
+        if with_hue and counts[step]:
+            rows = hue_rows[step]
+            x[rows] = adjust_hue(x[rows], factors[rows, 3])
     return x
 
 
@@ -277,9 +282,8 @@ class GPUViews(nn.Module):
                 x = gaussian_blur(x, p.sigma, v.blur_kernel)
             if any(g.probs["solarize_p"]):
                 x = solarize(x, p.solarize.to(x.device))
-            mean = torch.tensor(v.mean, device=x.device).view(1, 3, 1, 1)
-            std = torch.tensor(v.std, device=x.device).view(1, 3, 1, 1)
-            x = (x - mean) / std
+            x = x.sub_(x.new_tensor(v.mean).view(1, 3, 1, 1))
+            x = x.div_(x.new_tensor(v.std).view(1, 3, 1, 1))
             for slot, i in enumerate(g.view_ids):
                 views[i] = x[slot * batch:(slot + 1) * batch]
         return views  # type: ignore[return-value]

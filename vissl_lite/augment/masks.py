@@ -126,10 +126,13 @@ def block_masks(batch: int, grid: Union[int, Tuple[int, int]], num_targets: int 
     One target size (h, w) and one context size are drawn for the whole batch; every sample draws
     its own block positions. A sample's context is its context block minus all its target
     patches; when fewer than ``min_keep`` patches remain, the context block is moved (up to
-    ``max_tries`` times, as I-JEPA retries), and if it still fails the context becomes every
-    non-target patch (I-JEPA instead drops the non-overlap constraint; here context and targets
-    stay disjoint). Contexts are cut to the smallest count in the batch so they stack; the
-    patches dropped are chosen at random (I-JEPA keeps the first ones in raster order).
+    ``max_tries`` times, as I-JEPA retries; targets leaving fewer than ``min_keep`` free patches
+    are redrawn first), and if it still fails the context becomes every non-target patch (I-JEPA
+    instead drops the non-overlap constraint; here context and targets stay disjoint). Contexts
+    are cut to the smallest count in the batch so they stack; the patches dropped are chosen at
+    random (I-JEPA keeps the first ones in raster order). ``min_keep`` counts context patches
+    only; a target block always has h*w >= 1 patches. Raises ``MaskError`` when no placement
+    leaves ``min_keep`` context patches.
     """
     grid = (grid, grid) if isinstance(grid, int) else (int(grid[0]), int(grid[1]))
     if min(grid) < 2:
@@ -146,6 +149,14 @@ def block_masks(batch: int, grid: Union[int, Tuple[int, int]], num_targets: int 
     ch, cw = _block_size(grid, context_scale, context_aspect, generator, device)
     t_top, t_left = _corners((batch, num_targets), grid, th, tw, generator, device)
     target_union = _blocks(t_top, t_left, th, tw, grid).any(dim=1)
+    for _ in range(max_tries):
+        crowded = (~target_union).sum(dim=1) < min_keep
+        if not bool(crowded.any()):
+            break
+        top, left = _corners((batch, num_targets), grid, th, tw, generator, device)
+        t_top = torch.where(crowded[:, None], top, t_top)
+        t_left = torch.where(crowded[:, None], left, t_left)
+        target_union = _blocks(t_top, t_left, th, tw, grid).any(dim=1)
     if int((~target_union).sum(dim=1).min()) < min_keep:
         raise MaskError(f"targets of {th}x{tw} patches x {num_targets} leave fewer than "
                         f"min_keep={min_keep} context patches on a {grid[0]}x{grid[1]} grid; "

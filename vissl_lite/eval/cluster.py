@@ -21,7 +21,7 @@ from vissl_lite.eval.errors import EvalError
 from vissl_lite.registry import EVALUATORS
 
 
-def kmeans(features: torch.Tensor, num_clusters: int, niter: int = 50, nredo: int = 1,
+def kmeans(features: torch.Tensor, num_clusters: int, niter: int = 50, nredo: int = 5,
            seed: int = 0) -> torch.Tensor:
     """Cluster assignment (N,) of FAISS k-means on ``features`` (GPU when faiss has it)."""
     import faiss
@@ -40,7 +40,7 @@ def kmeans(features: torch.Tensor, num_clusters: int, niter: int = 50, nredo: in
 
 
 def cluster_metrics(features: torch.Tensor, labels: torch.Tensor, num_clusters: Optional[int] = None,
-                    niter: int = 50, nredo: int = 1, seed: int = 0) -> Dict[str, float]:
+                    niter: int = 50, nredo: int = 5, seed: int = 0) -> Dict[str, float]:
     """k-means on normalised features vs. labels: {"cluster_ami", "cluster_ari"} (in [-1, 1])."""
     from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score
 
@@ -85,7 +85,7 @@ def alignment_uniformity(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0, t
 @EVALUATORS.register("cluster", help="k-means (FAISS) AMI/ARI vs. labels, and uniformity")
 def cluster_evaluate(train_features: Optional[torch.Tensor], train_labels: Optional[torch.Tensor],
                      test_features: torch.Tensor, test_labels: torch.Tensor,
-                     num_clusters: Optional[int] = None, niter: int = 50, nredo: int = 1,
+                     num_clusters: Optional[int] = None, niter: int = 50, nredo: int = 5,
                      seed: int = 0, t: float = 2.0) -> Dict[str, float]:
     """Clustering metrics and uniformity of the test features (alignment needs view pairs)."""
     out = cluster_metrics(test_features, test_labels, num_clusters, niter, nredo, seed)

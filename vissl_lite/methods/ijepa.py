@@ -34,6 +34,7 @@ from torch import nn
 from vissl_lite.augment.masks import BlockMasks, block_masks
 from vissl_lite.augment.spec import ViewSpec
 from vissl_lite.config import ConfigError
+from vissl_lite.engine.ema import ema_update
 from vissl_lite.engine.schedules import cosine_schedule, linear_schedule
 from vissl_lite.methods.base import Method, StepOutput
 from vissl_lite.methods.vit_blocks import TransformerStack, fixed_pos_embed, gather_tokens
@@ -171,16 +172,10 @@ class IJEPA(Method):
         schedule = SCHEDULES[self.cfg.momentum_schedule]
         return schedule(step, total_steps, self.cfg.momentum_start, self.cfg.momentum_end)
 
-    @torch.no_grad()
     def on_step_end(self, step: int, total_steps: int) -> None:
         """EMA update of the target encoder: theta_t <- m * theta_t + (1 - m) * theta_context."""
         self.momentum = self.momentum_at(step, total_steps)
-        target = list(self.target_encoder.parameters())
-        online = list(self.backbone.parameters())
-        torch._foreach_mul_(target, self.momentum)
-        torch._foreach_add_(target, online, alpha=1.0 - self.momentum)
-        for t, o in zip(self.target_encoder.buffers(), self.backbone.buffers()):
-            t.copy_(o)
+        ema_update(self.target_encoder, self.backbone, self.momentum)
 
     def backbone_for_eval(self) -> nn.Module:
         """The EMA target encoder, as evaluated in the paper."""

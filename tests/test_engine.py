@@ -1,0 +1,90 @@
+"""The Trainer on a toy method: exact resume, outputs, schedules in the log, failure handling."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import _toy
+from vissl_lite.config import ConfigError
+from vissl_lite.engine import CheckpointError, NonFiniteLossError, Trainer, load_checkpoint
+from vissl_lite.engine.schedules import warmup_cosine_schedule
+
+
+def _same_tensors(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_n_steps_equal_half_resume_half_bitwise(tmp_path):
+    common = ["train.epochs=3", "checkpoint.every_steps=3", "checkpoint.keep_last=10",
+              "method.dropout=0.2", "optim.name=lars"]
+    _toy.run(tmp_path / "straight", *common)
+    half = tmp_path / "straight" / "checkpoints" / "step_0000006.pt"   # mid-epoch (4 steps/epoch)
+    assert load_checkpoint(half)["batch_in_epoch"] == 2
+    result = _toy.run(tmp_path / "resumed", *common, f"resume={half}")
+
+    straight, resumed = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "resumed")
+    assert result["step"] == straight["step"] == resumed["step"] == 12
+    assert _same_tensors(straight["model"], resumed["model"])          # incl. EMA target, buffer
+    assert int(resumed["model"]["steps_done"]) == 12
+    assert not _same_tensors(straight["model"], load_checkpoint(half)["model"])
+    mu = lambda c: [s["mu"] for s in c["optimizer"]["state"].values()]
+    assert all(torch.equal(a, b) for a, b in zip(mu(straight), mu(resumed)))
+
+
+def test_run_folder_metrics_and_logged_schedule(tmp_path):
+    result = _toy.run(tmp_path, "logger.plot=true", "optim.min_lr=0.001")
+    assert (tmp_path / "config.yaml").is_file()
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["type"] == "step"]
+    epochs = [r for r in records if r["type"] == "epoch"]
+    assert [r["step"] for r in steps] == list(range(1, 9)) and [r["epoch"] for r in epochs] == [1, 2]
+    for r in steps:  # 8 steps in all, warmup 0.5 epoch = 2 steps, lr 0.1 -> 0.001
+        assert r["lr"] == pytest.approx(warmup_cosine_schedule(r["step"] - 1, 8, 2, 0.1, 0.001))
+        assert r["img_per_s"] > 0 and r["loss"] > 0 and "z_std" in r
+    assert epochs[-1]["epoch_loss"] == pytest.approx(sum(r["loss"] for r in steps[4:]) / 4)
+    assert result["step"] == 8 and result["loss"] == pytest.approx(epochs[-1]["epoch_loss"])
+    assert (tmp_path / "checkpoints" / "best.pt").is_file()
+
+
+def test_non_finite_loss_stops_with_step_and_last_checkpoint(tmp_path):
+    with pytest.raises(NonFiniteLossError) as err:
+        _toy.run(tmp_path, "method.nan_at_step=5", "checkpoint.every_steps=2")
+    message = str(err.value)
+    assert "non-finite loss=nan at step 5" in message
+    assert str(tmp_path / "checkpoints" / "last.pt") in message
+    assert "optim.lr" in message and "train.skip_nonfinite=true" in message
+    assert load_checkpoint(tmp_path)["step"] == 4
+
+
+def test_skip_non_finite_steps_when_asked(tmp_path):
+    result = _toy.run(tmp_path, "method.nan_at_step=5", "train.skip_nonfinite=true")
+    assert result["skipped_steps"] == 1 and result["step"] == 8
+    assert all(torch.isfinite(v).all() for v in load_checkpoint(tmp_path)["model"].values()
+               if v.is_floating_point())
+
+
+def test_batch_size_errors_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="needs at least 4 samples per loss computation"):
+        _toy.run(tmp_path, "train.batch_size=6", "train.accumulate=2")
+    with pytest.raises(ConfigError, match="must split evenly over 1 rank.*multiple of 4"):
+        _toy.run(tmp_path, "train.batch_size=10", "train.accumulate=4")
+    cfg = _toy.toy_config(tmp_path, "method.batch_norm=true")
+    with pytest.raises(ConfigError, match="batch norm needs >= 2 samples per rank.*16 rank"):
+        Trainer(cfg)._batch_sizes(_toy.build_toy(cfg), world=16)
+
+
+def test_resume_refuses_another_backbone(tmp_path):
+    _toy.run(tmp_path, "train.max_steps=1")
+    with pytest.raises(CheckpointError, match="backbone=toy, but this run uses .*backbone=toy_wide"):
+        _toy.run(tmp_path, "backbone.name=toy_wide", "resume=auto")
+
+
+def test_accumulation_bf16_and_sgd_run(tmp_path):
+    result = _toy.run(tmp_path, "train.accumulate=2", "train.precision=bf16", "train.max_steps=3",
+                      "train.grad_clip=1.0", "method.batch_norm=true")
+    assert result["step"] == 3 and result["epoch"] == 0
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt["batch_in_epoch"] == 3 and ckpt["model"]["backbone.norm.num_batches_tracked"] == 6
