@@ -87,4 +87,5 @@ def test_accumulation_bf16_and_sgd_run(tmp_path):
                       "train.grad_clip=1.0", "method.batch_norm=true")
     assert result["step"] == 3 and result["epoch"] == 0
     ckpt = load_checkpoint(tmp_path)
-    assert ckpt["batch_in_epoch"] == 3 and ckpt["model"]["backbone.norm.num_batches_tracked"] == 6
+    # 3 steps x 2 micro-batches x 2 views (one backbone pass each)
+    assert ckpt["batch_in_epoch"] == 3 and ckpt["model"]["backbone.norm.num_batches_tracked"] == 12
