@@ -126,13 +126,15 @@ def main():
         for name in args.pipelines:
             spec = specs[name]
             label = "SimCLR 2 views" if name == "simclr" else f"DINO 2+{args.num_local} crops"
+            best_cpu = 0.0
             for w in args.workers:
                 rate = cpu_rate(images, spec, size, w, args.batch, args.batches)
+                best_cpu = max(best_cpu, rate)
                 print(f"{label:<22}{size:>6}  {f'cpu path, {w} workers':<44}{rate:>12,.0f}", flush=True)
             gpu_batch = args.gpu_batch or args.batch
             rate = gpu_rate(images, spec, size, gpu_batch, args.gpu_batches or args.batches, device)
-            print(f"{label:<22}{size:>6}  {f'{gpu_label}, batch {gpu_batch}':<44}{rate:>12,.0f}",
-                  flush=True)
+            print(f"{label:<22}{size:>6}  {f'{gpu_label}, batch {gpu_batch}':<44}{rate:>12,.0f}"
+                  f"  ({rate / best_cpu:.1f}x the best cpu row)", flush=True)
 
 
 if __name__ == "__main__":

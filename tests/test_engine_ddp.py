@@ -1,0 +1,165 @@
+"""DDP on 2 CPU processes (gloo, launched by torchrun) equals 1 process on the same global batch.
+
+The methods here compute their loss on the batch gathered from every rank (``gather_with_grad``):
+the toy NT-Xent (every rank computes the global loss), SimCLR's ``nt_xent_loss`` (each rank the
+rows of its own anchors) and the Barlow Twins cross-correlation (every rank the global loss).
+With DDP averaging the gradients, the loss, the gradient and the parameters after several
+optimizer steps must match a single process up to float32 reduction order. The backbone and the
+projectors have no BatchNorm: per-rank BN statistics legitimately differ from global ones, and
+SyncBatchNorm is GPU-only in torch.
+
+One ``torchrun --standalone --nproc_per_node 2`` launch runs this file as a script: each rank gets
+RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT from torchrun and the Trainer creates
+the process group itself, as in ``torchrun -m vissl_lite.cli pretrain``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import _toy
+
+HERE = Path(__file__).resolve()
+STEPS = 6   # 4 steps per epoch: the run crosses an epoch boundary (new shuffle)
+COMMON = [f"train.max_steps={STEPS}", "optim.warmup_epochs=0", "optim.lr=0.5",
+          "checkpoint.every_epochs=0", "checkpoint.save_best=false"]
+CASES = {
+    "toy": ("toy_contrastive", []),
+    "toy_accumulate": ("toy_contrastive", ["train.accumulate=2"]),
+    "simclr": ("simclr", ["method.proj_layers=1", "method.proj_last_bn=false",
+                          "method.proj_output_dim=8", "method.temperature=0.5"]),
+    "barlow_twins": ("barlow_twins", ["method.proj_layers=1", "method.proj_output_dim=16",
+                                      "optim.lr=0.01"]),
+}
+
+
+def _build(method_name: str, cfg):
+    from vissl_lite.methods import SimCLR, BarlowTwins
+    if method_name == "toy_contrastive":
+        return _toy.build_toy(cfg)
+    torch.manual_seed(cfg.seed)
+    cls = {"simclr": SimCLR, "barlow_twins": BarlowTwins}[method_name]
+    return cls(_toy.ToyEncoder(), cfg.method)
+
+
+def run_case(name: str, output_dir: Path) -> None:
+    """Train one case with the Trainer; write this rank's step-0 gradients and parameters."""
+    import torch.distributed as dist
+
+    from vissl_lite import distributed as vdist
+    from vissl_lite.config import default_config
+    from vissl_lite.engine import Trainer
+
+    method_name, extra = CASES[name]
+    cfg = default_config(method_name, [*_toy.BASE, *COMMON, *extra, f"output_dir={output_dir}"])
+    method = _build(method_name, cfg)
+    initial = {k: v.detach().clone() for k, v in method.state_dict().items()}
+    seen = {"group_before_fit": vdist.is_dist()}
+    hook = method.on_before_optimizer_step
+
+    def record_first_gradient(step):
+        if step == 0:   # after backward: DDP has averaged the gradients over ranks
+            seen["grads"] = {n: p.grad.detach().clone() for n, p in method.named_parameters()
+                             if p.grad is not None}
+            seen["world"] = vdist.world_size()
+            seen["backend"] = dist.get_backend() if vdist.is_dist() else None
+        hook(step)
+
+    method.on_before_optimizer_step = record_first_gradient
+    Trainer(cfg, method=method, dataset=_toy.ToyImages(64), transform=_toy.toy_views).fit()
+    rank = int(os.environ.get("RANK", 0))
+    final = {k: v.detach().clone() for k, v in method.state_dict().items()}
+    torch.save({**seen, "initial": initial, "final": final}, output_dir / f"rank{rank}.pt")
+
+
+def _losses(output_dir: Path):
+    records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"], r["grad_norm"]) for r in records if r["type"] == "step"]
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    """float32 equality up to reduction order, relative to the tensor's scale."""
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5 * max(scale, 1e-6),
+                               msg=lambda m: f"{what}: {m}")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Each case trained once by torchrun on 2 ranks and once in this process."""
+    root = tmp_path_factory.mktemp("ddp")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(HERE), str(root / "ddp")]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, f"torchrun failed ({res.returncode}):\n{res.stdout[-3000:]}\n" \
+                                f"{res.stderr[-6000:]}"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name in CASES:
+            (root / "single" / name).mkdir(parents=True)
+            run_case(name, root / "single" / name)
+    finally:
+        torch.set_num_threads(threads)
+    return root
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_ddp_equals_one_process_on_the_global_batch(runs, case):
+    ddp = [torch.load(runs / "ddp" / case / f"rank{r}.pt") for r in range(2)]
+    one = torch.load(runs / "single" / case / "rank0.pt")
+
+    # the Trainer itself set up gloo from torchrun's environment
+    assert [d["group_before_fit"] for d in ddp] == [False, False] and not one["group_before_fit"]
+    assert [(d["world"], d["backend"]) for d in ddp] == [(2, "gloo")] * 2 and one["world"] == 1
+
+    # same initial weights; after DDP's all-reduce both ranks hold the very same gradient
+    for name, value in one["initial"].items():
+        assert torch.equal(ddp[0]["initial"][name], value)
+    assert one["grads"].keys() == ddp[0]["grads"].keys() and len(one["grads"]) >= 4
+    for name, grad in one["grads"].items():
+        assert torch.equal(ddp[0]["grads"][name], ddp[1]["grads"][name])
+        _close(ddp[0]["grads"][name], grad, f"step-0 gradient of {name}")
+
+    # per-step global loss and gradient norm (rank 0's log holds the rank average)
+    ddp_log, one_log = _losses(runs / "ddp" / case), _losses(runs / "single" / case)
+    assert [s for s, _, _ in ddp_log] == [s for s, _, _ in one_log] == list(range(1, STEPS + 1))
+    for (step, loss_d, gn_d), (_, loss_1, gn_1) in zip(ddp_log, one_log):
+        assert loss_d == pytest.approx(loss_1, rel=1e-5), f"loss at step {step}"
+        assert gn_d == pytest.approx(gn_1, rel=1e-4), f"gradient norm at step {step}"
+
+    # parameters (and the toy's EMA target and step buffer) after STEPS optimizer steps
+    for name, value in one["final"].items():
+        assert torch.equal(ddp[0]["final"][name], ddp[1]["final"][name])
+        if value.is_floating_point():
+            moved = value - one["initial"][name]
+            _close(ddp[0]["final"][name] - ddp[0]["initial"][name], moved,
+                   f"update of {name} after {STEPS} steps")
+        else:
+            assert torch.equal(ddp[0]["final"][name], value)
+    assert sum((v - one["initial"][k]).abs().sum().item() for k, v in one["final"].items()
+               if v.is_floating_point()) > 0
+
+
+def test_ddp_checkpoint_records_both_ranks(runs):
+    from vissl_lite.engine import load_checkpoint
+    ckpt = load_checkpoint(runs / "ddp" / "toy")
+    assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2 and ckpt["step"] == STEPS
+    assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
+
+
+if __name__ == "__main__":   # one rank under torchrun: python -m torch.distributed.run ... OUT
+    torch.set_num_threads(1)
+    for required in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        assert required in os.environ, f"run under torchrun: {required} is not set"
+    out = Path(sys.argv[1])
+    for case_name in CASES:
+        (out / case_name).mkdir(parents=True, exist_ok=True)
+        run_case(case_name, out / case_name)
