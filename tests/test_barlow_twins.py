@@ -1,15 +1,13 @@
 """Barlow Twins' loss against the formula written out, on one process and gathered over 2 ranks."""
 from __future__ import annotations
 
-import socket
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
+from _helpers import TinyNet, pair_loss_on_ranks
 from vissl_lite.methods.barlow_twins import BarlowTwins, barlow_twins_loss
 
 
@@ -50,31 +48,13 @@ def test_barlow_twins_is_zero_for_identical_decorrelated_views():
     assert barlow_twins_loss(z, -z, 0.0051, eps=0.0).item() == pytest.approx(8.0)  # c = -I
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank, world, port, z_a, z_b, lam, out_dir):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        n = z_a.shape[0] // world
-        a = z_a[rank * n:(rank + 1) * n].clone().requires_grad_(True)
-        b = z_b[rank * n:(rank + 1) * n].clone().requires_grad_(True)
-        loss = barlow_twins_loss(a, b, lam)
-        loss.backward()
-        torch.save({"loss": loss.detach(), "grad_a": a.grad, "grad_b": b.grad}, f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 def test_barlow_twins_gathered_over_two_ranks_equals_full_batch(tmp_path):
     """Every rank sees the global-batch loss; rank gradients averaged as DDP does = full gradient."""
     world, lam = 2, 0.0051
     z_a, z_b = torch.randn(12, 5), torch.randn(12, 5) + torch.randn(12, 1)
-    mp.spawn(_worker, args=(world, _free_port(), z_a, z_b, lam, str(tmp_path)), nprocs=world, join=True)
-    parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+    parts = pair_loss_on_ranks(barlow_twins_loss, z_a, z_b, (lam,), tmp_path, world)
 
     full_a, full_b = z_a.clone().requires_grad_(True), z_b.clone().requires_grad_(True)
     full = barlow_twins_loss(full_a, full_b, lam)
@@ -87,20 +67,8 @@ def test_barlow_twins_gathered_over_two_ranks_equals_full_batch(tmp_path):
     torch.testing.assert_close(ddp_grad_b, full_b.grad, rtol=1e-4, atol=1e-6)
 
 
-class _TinyNet(nn.Module):
-    family = "resnet"
-    num_features = 16
-
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-
-    def forward(self, x):
-        return self.net(x)
-
-
 def test_barlow_twins_projector_and_step():
-    method = BarlowTwins(_TinyNet(), {"proj_hidden_dim": 32, "proj_output_dim": 24, "scale_loss": 0.5})
+    method = BarlowTwins(TinyNet(), {"proj_hidden_dim": 32, "proj_output_dim": 24, "scale_loss": 0.5})
     linears = [m for m in method.projector if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(16, 32), (32, 32), (32, 24)]
     views = [torch.randn(6, 3, 16, 16), torch.randn(6, 3, 16, 16)]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vissl_lite.cli import build_parser, main
+from vissl_lite.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 

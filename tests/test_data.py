@@ -1,7 +1,6 @@
 """Data sets: folder vs. archive on the real CIFAR-10 JPEGs, tar formats, the uint8 cache, errors."""
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import tarfile

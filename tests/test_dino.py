@@ -11,20 +11,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from _helpers import TinyNet
 from vissl_lite.methods.dino import DINO, dino_loss, update_center
 from vissl_lite.methods.heads import DINOHead
-
-
-class _TinyNet(nn.Module):
-    family = "resnet"
-    num_features = 16
-
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-
-    def forward(self, x):
-        return self.net(x)
 
 
 SMALL = {"out_dim": 32, "hidden_dim": 24, "bottleneck_dim": 8, "num_local_crops": 3,
@@ -33,7 +22,7 @@ SMALL = {"out_dim": 32, "hidden_dim": 24, "bottleneck_dim": 8, "num_local_crops"
 
 
 def _method(**over) -> DINO:
-    method = DINO(_TinyNet(), {**SMALL, **over})
+    method = DINO(TinyNet(), {**SMALL, **over})
     method.setup(total_steps=1000, steps_per_epoch=10)
     return method
 

@@ -40,7 +40,8 @@ CASES = {
 
 
 def _build(method_name: str, cfg):
-    from vissl_lite.methods import SimCLR, BarlowTwins
+    from vissl_lite.methods.barlow_twins import BarlowTwins
+    from vissl_lite.methods.simclr import SimCLR
     if method_name == "toy_contrastive":
         return _toy.build_toy(cfg)
     torch.manual_seed(cfg.seed)
@@ -116,8 +117,6 @@ def test_ddp_equals_one_process_on_the_global_batch(runs, case):
     ddp = [torch.load(runs / "ddp" / case / f"rank{r}.pt") for r in range(2)]
     one = torch.load(runs / "single" / case / "rank0.pt")
 
-    # the Trainer itself set up gloo from torchrun's environment
-    assert [d["group_before_fit"] for d in ddp] == [False, False] and not one["group_before_fit"]
     assert [(d["world"], d["backend"]) for d in ddp] == [(2, "gloo")] * 2 and one["world"] == 1
 
     # same initial weights; after DDP's all-reduce both ranks hold the very same gradient
@@ -146,6 +145,16 @@ def test_ddp_equals_one_process_on_the_global_batch(runs, case):
             assert torch.equal(ddp[0]["final"][name], value)
     assert sum((v - one["initial"][k]).abs().sum().item() for k, v in one["final"].items()
                if v.is_floating_point()) > 0
+
+
+def test_trainer_creates_the_process_group_once_per_process(runs):
+    """The first Trainer sets up gloo from torchrun's environment; later ones in the same process
+    reuse it (a destroyed default group cannot be re-created under torchrun)."""
+    before = [[torch.load(runs / "ddp" / case / f"rank{r}.pt")["group_before_fit"]
+               for r in range(2)] for case in CASES]
+    assert before == [[False, False]] + [[True, True]] * (len(CASES) - 1)
+    assert not any(torch.load(runs / "single" / case / "rank0.pt")["group_before_fit"]
+                   for case in CASES)
 
 
 def test_ddp_checkpoint_records_both_ranks(runs):

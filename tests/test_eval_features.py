@@ -86,7 +86,6 @@ class ToyMethod(nn.Module):
 def test_online_monitor_on_given_subsets():
     cfg = default_config("simclr", ["monitor.every_epochs=1", "monitor.knn_k=5",
                                     "monitor.online_linear=true", "data.image_size=4"])
-    g = torch.Generator().manual_seed(0)
     colours = torch.tensor([[220, 30, 30], [30, 220, 30], [30, 30, 220]], dtype=torch.uint8)
 
     def make(n):

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 from timm.models.vision_transformer import Block
-from torchvision import datasets
 from torchvision.transforms import v2
 
+from _helpers import CIFAR_MEAN, CIFAR_STD, crop_flip_normalise, load_cifar_images
 from vissl_lite.backbones import build_backbone
 from vissl_lite.backbones.vit import ViT
 from vissl_lite.config import ConfigError, load_config
@@ -17,7 +17,6 @@ from vissl_lite.methods import build_method
 from vissl_lite.methods.mae import MAE, patchify, unpatchify
 
 REPO = Path(__file__).resolve().parents[1]
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
 def mae_config(**kw):
@@ -133,21 +132,6 @@ def test_presets_validate_and_build(preset, patch, grid, tmp_path):
     assert cfg.optim.name == "adamw" and list(cfg.optim.betas) == [0.9, 0.95]
 
 
-def load_cifar_images(root: Path, count: int, split: str = "train") -> torch.Tensor:
-    """``count`` real images spread over all classes, as a float tensor in [0, 1]."""
-    data = datasets.ImageFolder(str(root / split))
-    step = len(data) // count
-    to_tensor = v2.Compose([v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)])
-    return torch.stack([to_tensor(data[i * step][0]) for i in range(count)])
-
-
-def augment(images: torch.Tensor) -> torch.Tensor:
-    crop_flip = v2.Compose([v2.RandomResizedCrop(32, scale=(0.5, 1.0), antialias=True),
-                            v2.RandomHorizontalFlip()])
-    return v2.functional.normalize(torch.stack([crop_flip(im) for im in images]),
-                                   CIFAR_MEAN, CIFAR_STD)
-
-
 def test_thirty_steps_on_real_cifar10_lower_the_loss(cifar_root):
     train = load_cifar_images(cifar_root, 256)
     held_out = v2.functional.normalize(load_cifar_images(cifar_root, 32, "test"), CIFAR_MEAN,
@@ -165,7 +149,7 @@ def test_thirty_steps_on_real_cifar10_lower_the_loss(cifar_root):
     method.train()
     for step in range(30):
         idx = torch.randint(0, len(train), (32,))
-        loss = method.training_step({"views": [augment(train[idx])]}).loss
+        loss = method.training_step({"views": [crop_flip_normalise(train[idx], 0.5)]}).loss
         opt.zero_grad()
         loss.backward()
         opt.step()

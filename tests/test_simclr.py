@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import math
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
+from _helpers import TinyNet, pair_loss_on_ranks
 from vissl_lite.methods.simclr import SimCLR, nt_xent_loss
 
 
@@ -41,31 +39,13 @@ def test_nt_xent_is_low_for_aligned_and_spread_views():
     assert aligned < 0.01 < unrelated
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank, world, port, z_a, z_b, t, out_dir):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        n = z_a.shape[0] // world
-        a = z_a[rank * n:(rank + 1) * n].clone().requires_grad_(True)
-        b = z_b[rank * n:(rank + 1) * n].clone().requires_grad_(True)
-        loss = nt_xent_loss(a, b, t)
-        loss.backward()
-        torch.save({"loss": loss.detach(), "grad_a": a.grad, "grad_b": b.grad}, f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 def test_nt_xent_gathered_over_two_ranks_equals_full_batch(tmp_path):
     """Mean of the rank losses = full-batch loss; rank gradients averaged as DDP does = full gradient."""
     world, t = 2, 0.5
     z_a, z_b = torch.randn(8, 4), torch.randn(8, 4)
-    mp.spawn(_worker, args=(world, _free_port(), z_a, z_b, t, str(tmp_path)), nprocs=world, join=True)
-    parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+    parts = pair_loss_on_ranks(nt_xent_loss, z_a, z_b, (t,), tmp_path, world)
 
     full_a, full_b = z_a.clone().requires_grad_(True), z_b.clone().requires_grad_(True)
     full = nt_xent_loss(full_a, full_b, t)
@@ -78,20 +58,8 @@ def test_nt_xent_gathered_over_two_ranks_equals_full_batch(tmp_path):
     torch.testing.assert_close(ddp_grad_b, full_b.grad, rtol=1e-4, atol=1e-6)
 
 
-class _TinyNet(nn.Module):
-    family = "resnet"
-    num_features = 16
-
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-
-    def forward(self, x):
-        return self.net(x)
-
-
 def test_simclr_projector_and_step():
-    method = SimCLR(_TinyNet(), {"proj_hidden_dim": 32, "proj_output_dim": 8, "proj_layers": 2,
+    method = SimCLR(TinyNet(), {"proj_hidden_dim": 32, "proj_output_dim": 8, "proj_layers": 2,
                                  "proj_last_bn": False})
     linears = [m for m in method.projector if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(16, 32), (32, 8)]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import (ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException,
+from omegaconf.errors import (ConfigKeyError, OmegaConfBaseException,
                               ValidationError)
 
 from vissl_lite.augment.config import AugmentConfig

@@ -17,7 +17,7 @@ seen, and the result does not depend on ``num_workers``.
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler

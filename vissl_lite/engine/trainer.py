@@ -15,6 +15,7 @@ clear stop on non-finite losses, and logging (progress bar, metrics.jsonl, wandb
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import math
 import os
@@ -50,6 +51,18 @@ def _config_error(message: str) -> Exception:
     return ConfigError(message)
 
 
+def _destroy_process_group() -> None:
+    """At interpreter exit, tear down the process group a Trainer created.
+
+    The group lives as long as the process, not as one ``fit()``: under torchrun a destroyed
+    default group cannot be created again (the new group reuses the old one's keys in the agent's
+    store and connects to dead peers), so a second ``Trainer(...).fit()`` in the same script (a
+    sweep, pretraining then a second stage) reuses the first one's group instead.
+    """
+    if vdist.is_dist():
+        dist.destroy_process_group()
+
+
 def _flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
     if not isinstance(d, dict):
         return {prefix: d}
@@ -73,7 +86,6 @@ class Trainer:
         self.dataset, self.transform = dataset, transform
         self.output_dir = Path(cfg.output_dir)
         self._stop_signal: Optional[int] = None
-        self._owns_process_group = False
         self.last_checkpoint: Optional[Path] = None
 
     # ------------------------------------------------------------------ setup
@@ -90,7 +102,7 @@ class Trainer:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world > 1 and not vdist.is_dist():
             dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-            self._owns_process_group = True
+            atexit.register(_destroy_process_group)
         return device
 
     def _batch_sizes(self, method: nn.Module, world: int) -> int:
@@ -144,8 +156,6 @@ class Trainer:
         finally:
             if previous_handler is not None:
                 signal.signal(signal.SIGTERM, previous_handler)
-            if self._owns_process_group and vdist.is_dist():
-                dist.destroy_process_group()
 
     def _fit(self) -> Dict[str, Any]:
         from vissl_lite.config import save_config, to_dict

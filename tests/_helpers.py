@@ -1,0 +1,76 @@
+"""Small pieces shared by several test files: a tiny encoder, real CIFAR-10 tensors, 2-rank runs."""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torchvision import datasets
+from torchvision.transforms import v2
+
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+class TinyNet(nn.Module):
+    """A one-conv encoder with the backbone interface (``family``, ``num_features``)."""
+
+    family = "resnet"
+    num_features = 16
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                 nn.Flatten())
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def load_cifar_images(root: Path, count: int, split: str = "train") -> torch.Tensor:
+    """``count`` real images spread over all classes, as a float tensor in [0, 1]."""
+    data = datasets.ImageFolder(str(root / split))
+    step = len(data) // count
+    to_tensor = v2.Compose([v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)])
+    return torch.stack([to_tensor(data[i * step][0]) for i in range(count)])
+
+
+def crop_flip_normalise(images: torch.Tensor, min_scale: float) -> torch.Tensor:
+    """A light random-resized-crop + flip view of each 32x32 image, CIFAR-normalised."""
+    crop_flip = v2.Compose([v2.RandomResizedCrop(32, scale=(min_scale, 1.0), antialias=True),
+                            v2.RandomHorizontalFlip()])
+    return v2.functional.normalize(torch.stack([crop_flip(im) for im in images]),
+                                   CIFAR_MEAN, CIFAR_STD)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pair_loss_worker(rank, world, port, loss_fn, z_a, z_b, args, out_dir):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    try:
+        n = z_a.shape[0] // world
+        a = z_a[rank * n:(rank + 1) * n].clone().requires_grad_(True)
+        b = z_b[rank * n:(rank + 1) * n].clone().requires_grad_(True)
+        loss = loss_fn(a, b, *args)
+        loss.backward()
+        torch.save({"loss": loss.detach(), "grad_a": a.grad, "grad_b": b.grad},
+                   f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def pair_loss_on_ranks(loss_fn: Callable, z_a: torch.Tensor, z_b: torch.Tensor, args: tuple,
+                       out_dir: Path, world: int = 2) -> List[Dict[str, torch.Tensor]]:
+    """Each of ``world`` gloo ranks gets a contiguous shard of ``(z_a, z_b)`` and computes
+    ``loss_fn(a, b, *args)``; returns every rank's loss and gradients w.r.t. its shard."""
+    mp.spawn(_pair_loss_worker, args=(world, free_port(), loss_fn, z_a, z_b, args, str(out_dir)),
+             nprocs=world, join=True)
+    return [torch.load(Path(out_dir) / f"rank{r}.pt") for r in range(world)]
