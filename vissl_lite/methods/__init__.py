@@ -1,19 +1,15 @@
 """Method plugins, one file each; importing this package registers them in ``METHODS``."""
 from __future__ import annotations
 
-import importlib
-
-from vissl_lite.methods.base import Method, StepOutput  # noqa: F401
+from vissl_lite.methods.base import Method, StepOutput
+from vissl_lite.methods.barlow_twins import BarlowTwins
+from vissl_lite.methods.dino import DINO
+from vissl_lite.methods.ijepa import IJEPA
+from vissl_lite.methods.mae import MAE
+from vissl_lite.methods.simclr import SimCLR
 from vissl_lite.registry import METHODS
 
-_PLUGINS = ("simclr", "barlow_twins", "dino", "mae", "ijepa")
-
-for _name in _PLUGINS:
-    try:
-        importlib.import_module(f"vissl_lite.methods.{_name}")
-    except ModuleNotFoundError as _e:  # a plugin file not written yet; anything else must raise
-        if _e.name != f"vissl_lite.methods.{_name}":
-            raise
+__all__ = ["Method", "StepOutput", "SimCLR", "BarlowTwins", "DINO", "MAE", "IJEPA", "build_method"]
 
 
 def build_method(cfg) -> Method:
