@@ -127,7 +127,7 @@ def run_child(script: Path, job: Dict[str, Any], extra_pythonpath: Optional[str]
         tail = "\n".join(proc.stdout.strip().splitlines()[-25:])
         return {"error": f"exit code {proc.returncode}:\n{tail}"}
     if not quiet:
-        print(proc.stdout, end="")
+        print("\n".join(l for l in proc.stdout.splitlines() if not l.startswith(RESULT_MARK)))
     return result
 
 
@@ -166,6 +166,11 @@ def _is_number(text: str) -> bool:
         return True
     except ValueError:
         return text in ("-", "n/a")
+
+
+def fmt_rate(images_per_s: float) -> str:
+    """Images/s with a decimal where the figure is small (CPU-scale runs)."""
+    return f"{images_per_s:,.0f}" if images_per_s >= 100 else f"{images_per_s:.1f}"
 
 
 def command_line() -> str:

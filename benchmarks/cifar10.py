@@ -45,7 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (check_data, command_line, default_data, device_description,  # noqa: E402
-                     emit_result, markdown_table, memory_label, peak_memory_gb, pick_device,
+                     emit_result, fmt_rate, markdown_table, memory_label, peak_memory_gb, pick_device,
                      preset, reset_peak_memory, run_child, sync, write_text)
 
 METHODS = ("simclr", "barlow_twins", "dino", "mae", "ijepa")
@@ -268,7 +268,7 @@ def main(argv=None) -> int:
     rows = [[r["method"], r["backbone"], r["epochs"], r["batch_size"],
              f"{r['final']['knn200']:.3f}", f"{r['final'][f'knn{k_small}']:.3f}",
              f"{r['final']['linear']:.3f}", f"{r['wall_s'] / 60:.1f}",
-             f"{r['images_per_s']:,.0f}", f"{r['peak_gb']:.2f}"] for r in results]
+             fmt_rate(r['images_per_s']), f"{r['peak_gb']:.2f}"] for r in results]
     table = markdown_table(headers, rows)
     print("\n" + table)
     notes = (f"kNN: cosine, temperature {args.knn_t}, bank = the pretraining images "

@@ -48,7 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (LIGHTLY_INSTALL, check_data, command_line, default_data,  # noqa: E402
-                     device_description, emit_result, lightly_available, markdown_table,
+                     device_description, emit_result, fmt_rate, lightly_available, markdown_table,
                      memory_label, peak_memory_gb, pick_device, preset, reset_peak_memory,
                      run_child, sync, write_text)
 
@@ -288,15 +288,30 @@ def parse_args(argv=None) -> argparse.Namespace:
                     choices=["cpu", "gpu", "lightly"], help="which rows to run")
     ap.add_argument("--lightly-path", default=os.environ.get("LIGHTLY_SITE"),
                     help="folder added to PYTHONPATH of the lightly rows (e.g. /tmp/lightly_site)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run every row N times, interleaved, and report the median images/s")
     ap.add_argument("--markdown", default=None, metavar="OUT", help="also write the table here")
     ap.add_argument("--json", default=None, metavar="OUT", help="write the raw results here")
     ap.add_argument("-o", "--override", dest="overrides", nargs="+", action="extend", default=[],
                     metavar="KEY=VALUE", help="extra config overrides for our rows")
     ap.add_argument("--job", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.warmup < 1 or args.steps < 1:
-        ap.error("--warmup and --steps must be >= 1")
+    if args.warmup < 1 or args.steps < 1 or args.repeat < 1:
+        ap.error("--warmup, --steps and --repeat must be >= 1")
     return args
+
+
+def summarize(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """One row from repeated runs: the median images/s (robust to a noisy neighbour on a shared
+    machine), the largest peak memory; an error if any run failed."""
+    failed = [r for r in runs if "error" in r]
+    if failed:
+        return failed[0]
+    rates = sorted(r["images_per_s"] for r in runs)
+    mid = len(rates) // 2
+    median = rates[mid] if len(rates) % 2 else (rates[mid - 1] + rates[mid]) / 2
+    return {**runs[0], "images_per_s": median, "peak_gb": max(r["peak_gb"] for r in runs),
+            "all_images_per_s": rates}
 
 
 ROW_LABEL = {"cpu": "vissl_lite, augment.path=cpu", "gpu": "vissl_lite, augment.path=gpu",
@@ -323,6 +338,7 @@ def main(argv=None) -> int:
               f"data: {data}{f' (subset {args.subset})' if args.subset else ''}; batch "
               f"{args.batch_size}; {args.warmup} warm-up + {args.steps} timed steps; "
               f"{args.workers} DataLoader workers; {args.precision}"
+              f"{f'; median of {args.repeat} interleaved runs' if args.repeat > 1 else ''}"
               f"{', channels_last' if args.channels_last else ''}"
               f"{', torch.compile' if args.compile else ''}")
     print(header, flush=True)
@@ -339,19 +355,22 @@ def main(argv=None) -> int:
         backbone = args.backbone or "resnet18"
         if has_lightly and method in LIGHTLY_METHODS and backbone.startswith("resnet"):
             plan.append("lightly")
-        method_rows: Dict[str, Dict[str, Any]] = {}
-        for path in plan:
-            started = time.perf_counter()
-            r = run_child(script, {**base, "path": path},
-                          args.lightly_path if path == "lightly" else None)
-            r.update(method=method, path=path, wall_s=time.perf_counter() - started)
-            method_rows[path] = r
-            results.append(r)
-            if "error" in r:
-                print(f"{method} / {path}: FAILED\n{r['error']}", file=sys.stderr, flush=True)
-            else:
-                print(f"{method:<14}{path:<9}{r['images_per_s']:>10,.0f} img/s  "
-                      f"{r['peak_gb']:.2f} GB  ({r['wall_s']:.0f} s)", flush=True)
+        runs: Dict[str, List[Dict[str, Any]]] = {p: [] for p in plan}
+        for rep in range(args.repeat):
+            for path in plan[rep % len(plan):] + plan[:rep % len(plan)]:
+                started = time.perf_counter()
+                r = run_child(script, {**base, "path": path},
+                              args.lightly_path if path == "lightly" else None)
+                r.update(method=method, path=path, repeat=rep,
+                         wall_s=time.perf_counter() - started)
+                runs[path].append(r)
+                results.append(r)
+                if "error" in r:
+                    print(f"{method} / {path}: FAILED\n{r['error']}", file=sys.stderr, flush=True)
+                else:
+                    print(f"{method:<14}{path:<9}{r['images_per_s']:>10,.1f} img/s  "
+                          f"{r['peak_gb']:.2f} GB  ({r['wall_s']:.0f} s)", flush=True)
+        method_rows = {path: summarize(rs) for path, rs in runs.items()}
         ref = method_rows.get("lightly", {}).get("images_per_s")
         for path, r in method_rows.items():
             label = gpu_label if path == "gpu" else ROW_LABEL[path]
@@ -360,7 +379,7 @@ def main(argv=None) -> int:
                 continue
             ratio = (f"{r['images_per_s'] / ref:.2f}x" if ref and path != "lightly"
                      else "-")
-            rows.append([method, r["backbone"], label, f"{r['images_per_s']:,.0f}",
+            rows.append([method, r["backbone"], label, fmt_rate(r['images_per_s']),
                          f"{r['peak_gb']:.2f}", ratio])
 
     table = markdown_table(headers, rows)

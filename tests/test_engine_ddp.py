@@ -10,12 +10,16 @@ SyncBatchNorm is GPU-only in torch.
 
 One ``torchrun --standalone --nproc_per_node 2`` launch runs this file as a script: each rank gets
 RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT from torchrun and the Trainer creates
-the process group itself, as in ``torchrun -m vissl_lite.cli pretrain``.
+the process group itself, as in ``torchrun -m vissl_lite.cli pretrain``. The same launch also
+preempts a run (SIGTERM to one rank only) and resumes it, and resumes with the ranks seeing
+different checkpoints (a run folder that is not shared between nodes).
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -39,14 +43,47 @@ CASES = {
 }
 
 
+class FlatEncoder(torch.nn.Module):
+    """A linear encoder on the flattened image. Its features vary across images (the toy conv
+    encoder's mean-pooled ones barely do), so the losses are well conditioned in float32 and the
+    comparison can be tight."""
+
+    family = "resnet"
+    num_features = 16
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3 * 8 * 8, self.num_features)
+
+    def forward(self, x):
+        return torch.relu(self.linear(x.flatten(1)))
+
+
 def _build(method_name: str, cfg):
     from vissl_lite.methods.barlow_twins import BarlowTwins
     from vissl_lite.methods.simclr import SimCLR
-    if method_name == "toy_contrastive":
-        return _toy.build_toy(cfg)
     torch.manual_seed(cfg.seed)
-    cls = {"simclr": SimCLR, "barlow_twins": BarlowTwins}[method_name]
-    return cls(_toy.ToyEncoder(), cfg.method)
+    cls = {"toy_contrastive": _toy.ToyContrastive, "simclr": SimCLR,
+           "barlow_twins": BarlowTwins}[method_name]
+    return cls(FlatEncoder(), cfg.method)
+
+
+def _config(name: str, output_dir: Path, *overrides: str):
+    from vissl_lite.config import default_config
+    method_name, extra = CASES[name]
+    return method_name, default_config(method_name, [*_toy.BASE, *COMMON, *extra,
+                                                     f"output_dir={output_dir}", *overrides])
+
+
+def _fit(method_name: str, cfg):
+    """``Trainer.fit()``; returns (exit code, the method): 0, or SystemExit's code."""
+    from vissl_lite.engine import Trainer
+    method = _build(method_name, cfg)
+    try:
+        Trainer(cfg, method=method, dataset=_toy.ToyImages(64), transform=_toy.toy_views).fit()
+    except SystemExit as e:
+        return e.code, method
+    return 0, method
 
 
 def run_case(name: str, output_dir: Path) -> None:
@@ -54,11 +91,9 @@ def run_case(name: str, output_dir: Path) -> None:
     import torch.distributed as dist
 
     from vissl_lite import distributed as vdist
-    from vissl_lite.config import default_config
     from vissl_lite.engine import Trainer
 
-    method_name, extra = CASES[name]
-    cfg = default_config(method_name, [*_toy.BASE, *COMMON, *extra, f"output_dir={output_dir}"])
+    method_name, cfg = _config(name, output_dir)
     method = _build(method_name, cfg)
     initial = {k: v.detach().clone() for k, v in method.state_dict().items()}
     seen = {"group_before_fit": vdist.is_dist()}
@@ -79,16 +114,62 @@ def run_case(name: str, output_dir: Path) -> None:
     torch.save({**seen, "initial": initial, "final": final}, output_dir / f"rank{rank}.pt")
 
 
+def run_preempted(output_dir: Path) -> None:
+    """Under torchrun: the toy case, rank 1 alone gets SIGTERM during step 2; then resume=auto."""
+    from vissl_lite.engine import load_checkpoint
+    from vissl_lite.methods.base import Method
+    rank = int(os.environ["RANK"])
+    method_name, cfg = _config("toy", output_dir)
+
+    def preempt_rank_1(self, step):
+        if step == 2 and rank == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    original = Method.on_before_optimizer_step
+    Method.on_before_optimizer_step = preempt_rank_1
+    try:
+        code, _ = _fit(method_name, cfg)
+    finally:
+        Method.on_before_optimizer_step = original
+    stopped = load_checkpoint(output_dir)
+    _, cfg = _config("toy", output_dir, "resume=auto")
+    resumed_code, method = _fit(method_name, cfg)
+    torch.save({"exit_code": code, "stopped_at": stopped["step"],
+                "world_size": stopped["world_size"], "resumed_exit_code": resumed_code,
+                "final": method.state_dict()}, output_dir / f"rank{rank}.pt")
+
+
+def run_unshared_resume(output_dir: Path, checkpoint: Path) -> None:
+    """Under torchrun: each rank has its own run folder and only rank 0's holds a checkpoint."""
+    from vissl_lite.config import ConfigError
+    rank = int(os.environ["RANK"])
+    own = output_dir / f"rank{rank}"
+    if rank == 0:
+        (own / "checkpoints").mkdir(parents=True)
+        shutil.copyfile(checkpoint, own / "checkpoints" / "last.pt")
+    method_name, cfg = _config("toy", own, "resume=auto")
+    try:
+        _fit(method_name, cfg)
+        message = "no error"
+    except ConfigError as e:
+        message = str(e)
+    (output_dir / f"rank{rank}.txt").write_text(message)
+
+
 def _losses(output_dir: Path):
     records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     return [(r["step"], r["loss"], r["grad_norm"]) for r in records if r["type"] == "step"]
 
 
-def _close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
-    """float32 equality up to reduction order, relative to the tensor's scale."""
-    scale = expected.abs().max().item()
-    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5 * max(scale, 1e-6),
-                               msg=lambda m: f"{what}: {m}")
+def _assert_close(actual: dict, expected: dict, what: str) -> None:
+    """Equal up to float32 reduction order: each element within 1e-4 of the largest magnitude
+    over all tensors (a tensor whose true value is ~0, e.g. a bias the loss is invariant to,
+    holds only rounding noise, so its own scale is no yardstick)."""
+    scale = max(v.abs().max().item() for v in expected.values())
+    assert scale > 0
+    for name, value in expected.items():
+        torch.testing.assert_close(actual[name], value, rtol=1e-4, atol=1e-4 * scale,
+                                   msg=lambda m: f"{what} of {name}: {m}")
 
 
 @pytest.fixture(scope="module")
@@ -120,31 +201,26 @@ def test_ddp_equals_one_process_on_the_global_batch(runs, case):
     assert [(d["world"], d["backend"]) for d in ddp] == [(2, "gloo")] * 2 and one["world"] == 1
 
     # same initial weights; after DDP's all-reduce both ranks hold the very same gradient
-    for name, value in one["initial"].items():
-        assert torch.equal(ddp[0]["initial"][name], value)
+    assert all(torch.equal(ddp[0]["initial"][k], v) for k, v in one["initial"].items())
     assert one["grads"].keys() == ddp[0]["grads"].keys() and len(one["grads"]) >= 4
-    for name, grad in one["grads"].items():
-        assert torch.equal(ddp[0]["grads"][name], ddp[1]["grads"][name])
-        _close(ddp[0]["grads"][name], grad, f"step-0 gradient of {name}")
+    assert all(torch.equal(ddp[0]["grads"][k], ddp[1]["grads"][k]) for k in one["grads"])
+    _assert_close(ddp[0]["grads"], one["grads"], "step-0 gradient")
 
     # per-step global loss and gradient norm (rank 0's log holds the rank average)
     ddp_log, one_log = _losses(runs / "ddp" / case), _losses(runs / "single" / case)
     assert [s for s, _, _ in ddp_log] == [s for s, _, _ in one_log] == list(range(1, STEPS + 1))
     for (step, loss_d, gn_d), (_, loss_1, gn_1) in zip(ddp_log, one_log):
-        assert loss_d == pytest.approx(loss_1, rel=1e-5), f"loss at step {step}"
+        assert loss_d == pytest.approx(loss_1, rel=2e-5), f"loss at step {step}"
         assert gn_d == pytest.approx(gn_1, rel=1e-4), f"gradient norm at step {step}"
 
-    # parameters (and the toy's EMA target and step buffer) after STEPS optimizer steps
-    for name, value in one["final"].items():
-        assert torch.equal(ddp[0]["final"][name], ddp[1]["final"][name])
-        if value.is_floating_point():
-            moved = value - one["initial"][name]
-            _close(ddp[0]["final"][name] - ddp[0]["initial"][name], moved,
-                   f"update of {name} after {STEPS} steps")
-        else:
-            assert torch.equal(ddp[0]["final"][name], value)
-    assert sum((v - one["initial"][k]).abs().sum().item() for k, v in one["final"].items()
-               if v.is_floating_point()) > 0
+    # parameters (and the toy's EMA target and step counter) after STEPS optimizer steps,
+    # compared as updates (final - initial) so that the tolerance scales with what moved
+    assert all(torch.equal(ddp[0]["final"][k], ddp[1]["final"][k]) for k in one["final"])
+    floats = [k for k, v in one["final"].items() if v.is_floating_point()]
+    update = lambda run: {k: run["final"][k] - run["initial"][k] for k in floats}
+    _assert_close(update(ddp[0]), update(one), f"update after {STEPS} steps")
+    assert all(torch.equal(ddp[0]["final"][k], v) for k, v in one["final"].items()
+               if k not in floats)
 
 
 def test_trainer_creates_the_process_group_once_per_process(runs):
@@ -155,6 +231,25 @@ def test_trainer_creates_the_process_group_once_per_process(runs):
     assert before == [[False, False]] + [[True, True]] * (len(CASES) - 1)
     assert not any(torch.load(runs / "single" / case / "rank0.pt")["group_before_fit"]
                    for case in CASES)
+
+
+def test_sigterm_on_one_rank_stops_all_at_the_same_step_and_resumes_exactly(runs):
+    ranks = [torch.load(runs / "ddp" / "preempted" / f"rank{r}.pt") for r in range(2)]
+    assert [r["exit_code"] for r in ranks] == [143, 143]        # rank 0 got no signal itself
+    assert [r["stopped_at"] for r in ranks] == [3, 3] and ranks[0]["world_size"] == 2
+    assert [r["resumed_exit_code"] for r in ranks] == [0, 0]
+    straight = torch.load(runs / "ddp" / "toy" / "rank0.pt")["final"]
+    for r in ranks:
+        assert straight.keys() == r["final"].keys()
+        assert all(torch.equal(straight[k], r["final"][k]) for k in straight)
+
+
+def test_ranks_resuming_from_different_checkpoints_stop_with_a_clear_error(runs):
+    for r in range(2):   # both ranks stop (none waits for the other in a collective)
+        message = (runs / "ddp" / "unshared" / f"rank{r}.txt").read_text()
+        assert f"(rank 0: step {STEPS}, rank 1: none)" in message
+        assert f"output_dir={runs / 'ddp' / 'unshared' / f'rank{r}'} must be on a file system " \
+               f"every node sees" in message
 
 
 def test_ddp_checkpoint_records_both_ranks(runs):
@@ -172,3 +267,5 @@ if __name__ == "__main__":   # one rank under torchrun: python -m torch.distribu
     for case_name in CASES:
         (out / case_name).mkdir(parents=True, exist_ok=True)
         run_case(case_name, out / case_name)
+    run_preempted(out / "preempted")
+    run_unshared_resume(out / "unshared", out / "toy" / "checkpoints" / "last.pt")

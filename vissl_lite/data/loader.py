@@ -171,9 +171,7 @@ def build_train_loader(cfg, views_spec, rank: int, world_size: int, device: torc
             images, labels = dataset.images, dataset.labels
         else:
             from vissl_lite.data import load_uint8
-            images, labels = load_uint8(cfg.data, "train")
-            if cfg.data.subset:
-                images, labels = images[:cfg.data.subset], labels[:cfg.data.subset]
+            images, labels = load_uint8(cfg.data, "train")     # data.subset applied there
         if transform is None:
             from vissl_lite.augment import build_gpu_views
             transform = build_gpu_views(views_spec, cfg.augment, image_size)
@@ -190,9 +188,7 @@ def build_train_loader(cfg, views_spec, rank: int, world_size: int, device: torc
             dataset = UInt8TensorDataset(images, labels)
         else:
             from vissl_lite.data import build_dataset
-            dataset = build_dataset(cfg.data, "train")
-        if cfg.data.subset and cfg.data.subset < len(dataset):
-            dataset = torch.utils.data.Subset(dataset, range(cfg.data.subset))
+            dataset = build_dataset(cfg.data, "train")         # data.subset applied there
     if transform is None:
         from vissl_lite.augment import build_cpu_views
         transform = build_cpu_views(views_spec, cfg.augment, image_size)

@@ -177,9 +177,10 @@ class Trainer:
         micro = self._batch_sizes(method, world)
 
         ckpt_path = find_resume(cfg.resume, self.output_dir)
-        ckpt = None
-        if ckpt_path is not None:
-            ckpt = load_checkpoint(ckpt_path)
+        ckpt = load_checkpoint(ckpt_path) if ckpt_path is not None else None
+        if world > 1:
+            self._check_ranks_resume_alike(ckpt, world)
+        if ckpt is not None:
             check_compatible(ckpt, cfg.method.name, cfg.backbone.name, str(ckpt_path))
         elif str(cfg.resume).lower() == "auto" and main:
             log.info(f"resume=auto: no checkpoint in {self.output_dir / 'checkpoints'}, "
@@ -255,6 +256,19 @@ class Trainer:
         from vissl_lite.data.loader import build_train_loader
         return build_train_loader(cfg, method.views, rank, world, device, batch_size=micro,
                                   dataset=self.dataset, transform=self.transform)
+
+    def _check_ranks_resume_alike(self, ckpt: Optional[Dict[str, Any]], world: int) -> None:
+        """Every rank must continue from the same checkpoint (or none): a node that cannot see
+        rank 0's checkpoints would otherwise start afresh beside the others and hang or diverge."""
+        found: List[Any] = [None] * world
+        dist.all_gather_object(found, None if ckpt is None else (ckpt["step"], ckpt["epoch"]))
+        if len(set(found)) > 1:
+            per_rank = ", ".join(f"rank {r}: {'none' if f is None else f'step {f[0]}'}"
+                                 for r, f in enumerate(found))
+            raise _config_error(
+                f"the ranks found different checkpoints to resume from ({per_rank}); rank 0 "
+                f"writes the checkpoints, so output_dir={self.output_dir} must be on a file "
+                f"system every node sees (or give every node resume=PATH to the same file)")
 
     def _restore(self, ckpt, method, optimizer, scheduler, scaler, rank, world) -> None:
         try:
@@ -522,6 +536,7 @@ class Trainer:
 
     def _stop_on_signal(self) -> None:
         self._save()
+        vdist.barrier()  # no rank exits (which makes torchrun stop the others) before it is written
         self.logger.info(f"SIGTERM received: checkpoint written at step {self.state['step']} to "
                          f"{self.manager.last}; continue with resume=auto")
         raise SystemExit(128 + signal.SIGTERM)
