@@ -128,11 +128,17 @@ def _resnet_cifar(name: str) -> torch.nn.Module:
 
 
 def lightly_parts(method: str, backbone_name: str, size: int):
-    """(transform, model) of lightly's CIFAR-10 benchmark; ``model(views) -> loss``."""
+    """(transform, model) as lightly's CIFAR-10 benchmark builds them; ``model(views) -> loss``.
+
+    Heads as in that benchmark (docs/source/getting_started/benchmarks/cifar10_benchmark.py):
+    SimCLR 512-512-128; Barlow Twins 2 layers 512-2048-2048; DINO a 2-layer MLP 512-2048-256
+    then 2048 prototypes, EMA momentum 0.99. Views at ``size`` px without blur; SimCLR's colour
+    jitter at strength 0.5 (as configs/simclr/cifar10_resnet18.yaml).
+    """
     from torch import nn
     from lightly.loss import BarlowTwinsLoss, DINOLoss, NTXentLoss
-    from lightly.models.modules import (BarlowTwinsProjectionHead, DINOProjectionHead,
-                                        SimCLRProjectionHead)
+    from lightly.models.modules import DINOProjectionHead, SimCLRProjectionHead
+    from lightly.models.modules.heads import ProjectionHead
     from lightly.models.utils import deactivate_requires_grad, update_momentum
     from lightly.transforms import BYOLTransform, DINOTransform, SimCLRTransform
     from lightly.transforms.byol_transform import BYOLView1Transform, BYOLView2Transform
@@ -154,13 +160,19 @@ def lightly_parts(method: str, backbone_name: str, size: int):
         def after_step(self):
             pass
 
+    def dino_head():
+        head = DINOProjectionHead(dim, 2048, 256, 2048, batch_norm=True)
+        head.layers = ProjectionHead([(dim, 2048, nn.BatchNorm1d(2048), nn.GELU()),
+                                      (2048, 256, None, None)]).layers  # 2 layers on CIFAR-10
+        return head
+
     class DINO(nn.Module):
         def __init__(self):
             super().__init__()
             self.backbone = backbone
-            self.head = DINOProjectionHead(dim, 2048, 256, 2048, batch_norm=True)
+            self.head = dino_head()
             self.teacher_backbone = copy.deepcopy(backbone)
-            self.teacher_head = DINOProjectionHead(dim, 2048, 256, 2048, batch_norm=True)
+            self.teacher_head = dino_head()
             deactivate_requires_grad(self.teacher_backbone)
             deactivate_requires_grad(self.teacher_head)
             self.criterion = DINOLoss(output_dim=2048, warmup_teacher_temp_epochs=30)
@@ -172,8 +184,8 @@ def lightly_parts(method: str, backbone_name: str, size: int):
             return self.criterion(teacher, student, epoch=0)
 
         def after_step(self):
-            update_momentum(self.backbone, self.teacher_backbone, m=0.996)
-            update_momentum(self.head, self.teacher_head, m=0.996)
+            update_momentum(self.backbone, self.teacher_backbone, m=0.99)
+            update_momentum(self.head, self.teacher_head, m=0.99)
 
     if method == "simclr":
         transform = SimCLRTransform(input_size=size, cj_strength=0.5, gaussian_blur=0.0,
@@ -184,8 +196,9 @@ def lightly_parts(method: str, backbone_name: str, size: int):
                                                      normalize=norm),
                                   BYOLView2Transform(input_size=size, gaussian_blur=0.0,
                                                      normalize=norm))
-        model = TwoView(BarlowTwinsProjectionHead(dim, 2048, 2048),
-                        BarlowTwinsLoss(lambda_param=5e-3))
+        projector = ProjectionHead([(dim, 2048, nn.BatchNorm1d(2048), nn.ReLU(inplace=True)),
+                                    (2048, 2048, None, None)])  # 2 layers on CIFAR-10
+        model = TwoView(projector, BarlowTwinsLoss(lambda_param=5e-3))
     elif method == "dino":
         transform = DINOTransform(global_crop_size=size, n_local_views=0,
                                   gaussian_blur=(0.0, 0.0, 0.0), normalize=norm)
@@ -338,9 +351,9 @@ def main(argv=None) -> int:
               f"data: {data}{f' (subset {args.subset})' if args.subset else ''}; batch "
               f"{args.batch_size}; {args.warmup} warm-up + {args.steps} timed steps; "
               f"{args.workers} DataLoader workers; {args.precision}"
-              f"{f'; median of {args.repeat} interleaved runs' if args.repeat > 1 else ''}"
               f"{', channels_last' if args.channels_last else ''}"
-              f"{', torch.compile' if args.compile else ''}")
+              f"{', torch.compile' if args.compile else ''}"
+              f"{f'; median of {args.repeat} interleaved runs' if args.repeat > 1 else ''}")
     print(header, flush=True)
     headers = ["method", "backbone", "pipeline", "images/s", memory_label(device),
                "ours / lightly"]
@@ -355,6 +368,8 @@ def main(argv=None) -> int:
         backbone = args.backbone or "resnet18"
         if has_lightly and method in LIGHTLY_METHODS and backbone.startswith("resnet"):
             plan.append("lightly")
+        if not plan:
+            continue
         runs: Dict[str, List[Dict[str, Any]]] = {p: [] for p in plan}
         for rep in range(args.repeat):
             for path in plan[rep % len(plan):] + plan[:rep % len(plan)]:
