@@ -139,7 +139,9 @@ def run_method(job: Dict[str, Any]) -> Dict[str, Any]:
     if not curve or curve[-1]["step"] != result["step"]:
         trainer.evaluate()  # training stopped mid-epoch (train.max_steps)
     final = curve[-1]
-    return {"method": job["method"], "backbone": cfg.backbone.name, "epochs": result["epoch"],
+    epochs = result["step"] / trainer.ctx["steps_per_epoch"]  # fractional if stopped mid-epoch
+    return {"method": job["method"], "backbone": cfg.backbone.name,
+            "epochs": int(epochs) if epochs == int(epochs) else round(epochs, 2),
             "steps": result["step"], "batch_size": cfg.train.batch_size,
             "augment_path": cfg.augment.path, "precision": cfg.train.precision,
             "train_images": len(trainer.evaluator.train[0]),
@@ -215,7 +217,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--data", default=default_data(),
                     help="CIFAR-10 ImageFolder dir or .tar.gz (default: $CIFAR10_ROOT, else "
                          "../shared/datasets/cifar10-jpeg.tar.gz beside the repository)")
-    ap.add_argument("--out", default="benchmarks/results/cifar10", help="output folder")
+    ap.add_argument("--out", default="runs/benchmarks/cifar10",
+                    help="output folder (default: %(default)s, ignored by git)")
     ap.add_argument("-o", "--override", dest="overrides", nargs="+", action="extend", default=[],
                     metavar="KEY=VALUE", help="extra config overrides for every method")
     ap.add_argument("--job", default=None, help=argparse.SUPPRESS)
@@ -276,6 +279,9 @@ def main(argv=None) -> int:
              f"{results[0]['test_images'] if results else '?'} test images. Linear: fast probe "
              f"(L-BFGS logistic regression, weight decay chosen on a held-out tenth of train). "
              f"Accuracies are fractions (0.848 = 84.8%).")
+    if results and results[0]["train_images"] < max(args.knn_k):
+        notes += (f" The bank has fewer images than k: k is clipped to "
+                  f"{results[0]['train_images']}.")
     write_text(str(out / "results.md"),
                f"`{command_line()}`\n\n{header}\n\n{table}\n\n{notes}\n"
                + (f"\nfailed: {', '.join(failed)}\n" if failed else ""))
