@@ -193,4 +193,4 @@ def linear_probe_augmented(encoder: nn.Module, train_dataset: Dataset, test_data
                                                precision=precision)
     with torch.no_grad():
         acc = topk_accuracy(head(test_feats.to(device)), test_labels.to(device))
-    return {"linear_top1": acc[1], "linear_top5": acc[5], "linear_train_loss": float(loss)}
+    return {"linear_top1": acc[1], "linear_top5": acc[5], "linear_train_loss": float(loss.detach())}
