@@ -89,3 +89,16 @@ def test_accumulation_bf16_and_sgd_run(tmp_path):
     ckpt = load_checkpoint(tmp_path)
     # 3 steps x 2 micro-batches x 2 views (one backbone pass each)
     assert ckpt["batch_in_epoch"] == 3 and ckpt["model"]["backbone.norm.num_batches_tracked"] == 12
+
+
+def test_default_wandb_offline_run_keeps_its_id_on_resume(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    _toy.run(tmp_path, "logger.wandb.mode=offline", "train.max_steps=2")
+    run_id = (tmp_path / "wandb" / "run_id").read_text().strip()
+    first = list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert len(first) == 1 and list(first[0].glob("run-*.wandb"))
+    _toy.run(tmp_path, "logger.wandb.mode=offline", "train.max_steps=4", "resume=auto")
+    assert (tmp_path / "wandb" / "run_id").read_text().strip() == run_id
+    assert len(list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))) == 2
+    assert load_checkpoint(tmp_path)["step"] == 4

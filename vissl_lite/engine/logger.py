@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -87,7 +88,7 @@ class RunLogger:
         id_file = self.dir / "wandb" / "run_id"
         id_file.parent.mkdir(parents=True, exist_ok=True)
         if not (resumed and id_file.is_file()):
-            id_file.write_text(wandb.util.generate_id())
+            id_file.write_text(secrets.token_hex(4))   # wandb run ids: lowercase alphanumerics
         try:
             self.wandb = wandb.init(project=self.cfg.wandb.project, entity=self.cfg.wandb.entity,
                                     mode=mode, dir=str(self.dir), config=config_dict,
