@@ -55,3 +55,11 @@ def test_console_script_runs_as_a_module():
     res = subprocess.run([sys.executable, "-m", "vissl_lite.cli", "--version"], capture_output=True,
                          text=True, cwd=REPO)
     assert res.returncode == 0 and "vissl_lite" in res.stdout
+
+
+def test_vit_with_local_crops_needs_dynamic_img_size(capsys):
+    args = ["pretrain", str(REPO / "configs/dino/cifar10_resnet18.yaml"), "data.root=/nonexistent",
+            "backbone.name=vit_tiny_patch4", "backbone.cifar_stem=false", "method.num_local_crops=2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "backbone.dynamic_img_size=true" in err

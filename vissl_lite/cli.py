@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-USER_ERRORS = ("ConfigError", "DataError", "RegistryError", "CheckpointError", "TrainingError")
+USER_ERRORS = ("ConfigError", "DataError", "RegistryError", "CheckpointError", "TrainingError",
+               "BackboneError", "AugmentConfigError", "MaskError", "EvalError", "NonFiniteLossError")
 
 PRETRAIN_EPILOG = """\
 examples:

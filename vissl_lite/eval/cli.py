@@ -60,7 +60,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                    help="a fixed random N images of train (quick runs)")
     g.add_argument("--subset-test", type=int, default=None, metavar="N")
     g.add_argument("--batch-size", type=int, default=256)
-    g.add_argument("--num-workers", type=int, default=4)
+    g.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="DataLoader workers (default: min(4, CPU cores))")
     g = parser.add_argument_group("model and runtime")
     g.add_argument("--cifar-stem", action="store_true", help="random:<resnet>: 3x3 stem, no max-pool")
     g.add_argument("--seed", type=int, default=0)

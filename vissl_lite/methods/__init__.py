@@ -25,4 +25,12 @@ def build_method(cfg) -> Method:
         raise ConfigError(f"method '{cfg.method.name}' needs a {' or '.join(cls.supported_backbones)} "
                           f"backbone, got backbone.name={cfg.backbone.name} ({family}); "
                           f"pick e.g. backbone.name=vit_tiny_patch4")
-    return cls(backbone, cfg.method)
+    method = cls(backbone, cfg.method)
+    same_size = cfg.augment.local_size is not None and cfg.augment.local_size == image_size
+    if method.views.num_local and not same_size and getattr(backbone, "any_img_size", True) is False:
+        from vissl_lite.config import ConfigError
+        raise ConfigError(f"method '{cfg.method.name}' feeds {method.views.num_local} local crops of "
+                          f"another size than the global ones, but backbone {cfg.backbone.name} "
+                          f"takes one input size; set backbone.dynamic_img_size=true (or "
+                          f"method.num_local_crops=0)")
+    return method
