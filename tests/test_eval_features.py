@@ -103,3 +103,30 @@ def test_online_monitor_on_given_subsets():
     assert res["rankme"] == rankme(bank)
     assert {"online_linear_top1", "online_linear_top5"} <= set(res)
     assert OmegaConf.select(cfg, "monitor.every_epochs") == 1
+
+
+def _extract_on_rank(rank, world, port, images, labels, out_dir):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    try:
+        feats, out_labels = extract_features(MeanColour(), TensorDataset(images, labels),
+                                             batch_size=2, device="cpu")
+        torch.save({"feats": feats, "labels": out_labels}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_each_encode_a_shard_and_end_with_all_features_in_order(tmp_path):
+    import torch.multiprocessing as mp
+    from _helpers import free_port
+
+    images, labels = torch.rand(11, 3, 4, 4), torch.arange(11)      # 11: ranks get 6 and 5
+    mp.spawn(_extract_on_rank, args=(2, free_port(), images, labels, str(tmp_path)), nprocs=2,
+             join=True)
+    single, single_labels = extract_features(MeanColour(), TensorDataset(images, labels),
+                                             batch_size=2, device="cpu")
+    for rank in range(2):
+        out = torch.load(tmp_path / f"rank{rank}.pt")
+        torch.testing.assert_close(out["feats"], single)
+        assert torch.equal(out["labels"], single_labels)
