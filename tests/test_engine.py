@@ -102,3 +102,15 @@ def test_default_wandb_offline_run_keeps_its_id_on_resume(tmp_path, monkeypatch)
     assert (tmp_path / "wandb" / "run_id").read_text().strip() == run_id
     assert len(list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))) == 2
     assert load_checkpoint(tmp_path)["step"] == 4
+
+
+def test_non_finite_loss_found_between_log_steps_is_caught_before_a_save(tmp_path):
+    """With log_every=4 the loss is read back at the checkpoint after step 6, not after each step:
+    the run still names step 5 and never writes a checkpoint with the NaN weights."""
+    with pytest.raises(NonFiniteLossError, match="non-finite loss=nan at step 5"):
+        _toy.run(tmp_path, "method.nan_at_step=5", "checkpoint.every_steps=2", "train.log_every=4")
+    last = load_checkpoint(tmp_path)
+    assert last["step"] == 4
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["type"] == "step"] == [4]

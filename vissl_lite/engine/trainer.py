@@ -309,7 +309,9 @@ class Trainer:
         c, s, cfg = self.ctx, self.state, self.cfg
         total, spe = c["total_steps"], c["steps_per_epoch"]
         log_every = max(1, cfg.train.log_every)
-        window: List[Dict[str, float]] = []
+        self._window: List[Dict[str, float]] = []
+        self._pending: List[Dict[str, Any]] = []
+        self._stop_requested = False
         step_save = False
         self._last_record: Dict[str, Any] = {}
         self._saved_step = s["step"] if self.last_checkpoint is not None else None
@@ -320,26 +322,25 @@ class Trainer:
             c["loader"].set_epoch(s["epoch"], s["batch_in_epoch"] * cfg.train.accumulate)
             batches = iter(c["loader"])
             while s["batch_in_epoch"] < spe and s["step"] < total:
-                stats = self._optimizer_step(batches)
+                self._pending.append(self._optimizer_step(batches))
                 s["step"] += 1
                 s["batch_in_epoch"] += 1
                 steps_in_window += 1
-                window.append(stats)
-                if math.isfinite(stats["loss"]):
-                    s["epoch_loss_sum"] += stats["loss"]
-                    s["epoch_loss_count"] += 1
-                if s["step"] % log_every == 0 or s["step"] == total:
+                every = cfg.checkpoint.every_steps
+                step_save = bool(every) and s["step"] % every == 0
+                log_now = s["step"] % log_every == 0 or s["step"] == total
+                if log_now or step_save or s["batch_in_epoch"] >= spe:
+                    self._drain()
+                if log_now:
                     elapsed = max(time.perf_counter() - t_window, 1e-9)
-                    record = self._window_record(window, steps_in_window / elapsed)
+                    record = self._window_record(self._window, steps_in_window / elapsed)
                     self._last_record = record
                     self.logger.write(record)
                     self.logger.progress(steps_in_window, loss=record["loss"], lr=record["lr"],
                                          img_s=round(record["img_per_s"]))
-                    window, steps_in_window, t_window = [], 0, time.perf_counter()
-                if stats["stop"]:
+                    self._window, steps_in_window, t_window = [], 0, time.perf_counter()
+                if self._stop_requested:
                     self._stop_on_signal()
-                every = cfg.checkpoint.every_steps
-                step_save = bool(every) and s["step"] % every == 0
                 if step_save and s["batch_in_epoch"] < spe:
                     self._save()
             if s["batch_in_epoch"] >= spe:
@@ -365,7 +366,35 @@ class Trainer:
         record["img_per_s"] = steps_per_s * self.cfg.train.batch_size
         return record
 
-    def _optimizer_step(self, batches) -> Dict[str, float]:
+    def _drain(self) -> None:
+        """Read the pending steps' numbers back from the device, in one transfer.
+
+        Without ``train.skip_nonfinite`` the host does not wait for the device after every step
+        (a ``.item()`` per step stops the CPU from queueing the next step's kernels while the GPU
+        runs this one); the numbers are read here instead: at log steps, before a checkpoint and
+        at the end of an epoch. A non-finite loss or gradient found here stops the run naming its
+        step, before anything is logged or saved, so the last checkpoint stays a good one.
+        """
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        flat = torch.cat([p["packed"] for p in pending]).tolist()
+        s, check = self.state, not self.cfg.train.skip_nonfinite
+        start = 0
+        for p in pending:
+            row = flat[start:start + len(p["keys"]) + 3]
+            start += len(row)
+            loss, grad_norm, stop = row[:3]
+            if check and not (math.isfinite(loss) and (math.isfinite(grad_norm) or p["scaled"])):
+                self._non_finite(p["step"], loss, grad_norm, p["values"]["lr"])
+            self._window.append({"loss": loss, "grad_norm": grad_norm, **p["values"],
+                                 **dict(zip(p["keys"], row[3:]))})
+            if math.isfinite(loss):
+                s["epoch_loss_sum"] += loss
+                s["epoch_loss_count"] += 1
+            self._stop_requested = self._stop_requested or stop > 0
+
+    def _optimizer_step(self, batches) -> Dict[str, Any]:
         from vissl_lite.data.loader import move_batch
 
         c, t = self.ctx, self.cfg.train
@@ -405,11 +434,11 @@ class Trainer:
         if c["world"] > 1:
             dist.all_reduce(packed, op=dist.ReduceOp.SUM)
             packed /= c["world"]
-        host = packed.tolist()
-        loss_value, gnorm_value, stop_value = host[:3]
-        finite_loss, finite_grad = math.isfinite(loss_value), math.isfinite(gnorm_value)
-        # fp16 overflows in the gradient are normal: the GradScaler skips the step and rescales
-        ok = finite_loss and (finite_grad or scaler is not None)
+        ok = True          # checked in _drain unless a bad step must be skipped before it is taken
+        if t.skip_nonfinite:
+            loss_value, gnorm_value = packed[:2].tolist()
+            # fp16 overflows in the gradient are normal: the GradScaler skips the step and rescales
+            ok = math.isfinite(loss_value) and (math.isfinite(gnorm_value) or scaler is not None)
         if ok:
             if scaler is not None:
                 scaler.step(optimizer)
@@ -422,9 +451,8 @@ class Trainer:
                 scaler.update()
         optimizer.zero_grad(set_to_none=True)
         method.on_step_end(step, c["total_steps"])
-        stats = {"loss": loss_value, "grad_norm": gnorm_value, "stop": stop_value > 0, **values}
-        stats.update({k: v for k, v in zip(metrics, host[3:])})
-        return stats
+        return {"step": step, "packed": packed.detach(), "keys": list(metrics), "values": values,
+                "scaled": scaler is not None}
 
     def _non_finite(self, step: int, loss: float, grad_norm: float, lr: float) -> None:
         what = f"loss={loss}" if not math.isfinite(loss) else f"gradient norm={grad_norm}"
@@ -522,6 +550,7 @@ class Trainer:
         }
 
     def _save(self, is_best: bool = False, best_only: bool = False) -> None:
+        self._drain()
         state = self._checkpoint_state()  # every rank: the RNG states are gathered
         if self.ctx["rank"] == 0:
             if best_only:
