@@ -74,3 +74,12 @@ def pair_loss_on_ranks(loss_fn: Callable, z_a: torch.Tensor, z_b: torch.Tensor, 
     mp.spawn(_pair_loss_worker, args=(world, free_port(), loss_fn, z_a, z_b, args, str(out_dir)),
              nprocs=world, join=True)
     return [torch.load(Path(out_dir) / f"rank{r}.pt") for r in range(world)]
+
+
+def gaussian_clusters(n: int, num_classes: int, dim: int, spread: float = 0.5, seed: int = 0,
+                      center_seed: int = 123, center_scale: float = 3.0):
+    """``n`` points around ``num_classes`` fixed random centres, and their class labels."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(num_classes, dim, generator=torch.Generator().manual_seed(center_seed))
+    labels = torch.randint(0, num_classes, (n,), generator=g)
+    return centers[labels] * center_scale + spread * torch.randn(n, dim, generator=g), labels

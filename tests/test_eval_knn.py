@@ -2,20 +2,19 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import _helpers
+
 from vissl_lite.eval import EvalError, knn_classify, knn_predict
 from vissl_lite.registry import EVALUATORS
 
 
-def gaussian_clusters(n, num_classes=10, dim=32, spread=0.5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(num_classes, dim, generator=torch.Generator().manual_seed(123)) * 3
-    labels = torch.randint(0, num_classes, (n,), generator=g)
-    return centers[labels] + spread * torch.randn(n, dim, generator=g), labels
+gaussian_clusters = partial(_helpers.gaussian_clusters, num_classes=10, dim=32, center_seed=123, center_scale=3.0)
 
 
 def test_faiss_and_torch_backends_give_the_same_predictions():

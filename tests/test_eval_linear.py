@@ -1,6 +1,8 @@
 """Linear probes: known answers, agreement with scikit-learn, the augmented (standard) protocol."""
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import torch
 from PIL import Image
@@ -8,15 +10,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
+import _helpers
 from vissl_lite.eval import linear_probe, linear_probe_augmented
 from vissl_lite.eval.transforms import eval_transform, train_probe_transform
 
 
-def gaussian_clusters(n, num_classes=5, dim=16, spread=0.5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(num_classes, dim, generator=torch.Generator().manual_seed(7)) * 2
-    labels = torch.randint(0, num_classes, (n,), generator=g)
-    return centers[labels] + spread * torch.randn(n, dim, generator=g), labels
+gaussian_clusters = partial(_helpers.gaussian_clusters, num_classes=5, dim=16, center_seed=7, center_scale=2.0)
 
 
 def test_separable_gives_100_and_random_labels_give_chance():
