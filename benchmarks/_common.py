@@ -109,14 +109,20 @@ def emit_result(result: Dict[str, Any]) -> None:
     print(RESULT_MARK + json.dumps(result), flush=True)
 
 
-def run_child(script: Path, job: Dict[str, Any], extra_pythonpath: Optional[str] = None,
-              quiet: bool = True) -> Dict[str, Any]:
-    """Run ``script --job JSON`` in a fresh process; return its result dict, or {'error': ...}."""
+def _child_env(extra_pythonpath: Optional[str]) -> Dict[str, str]:
+    """This process's environment with ``extra_pythonpath`` put first on PYTHONPATH."""
     env = dict(os.environ)
     if extra_pythonpath:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (extra_pythonpath, env.get("PYTHONPATH"))
                                             if p)
-    proc = subprocess.run([sys.executable, str(script), "--job", json.dumps(job)], env=env,
+    return env
+
+
+def run_child(script: Path, job: Dict[str, Any], extra_pythonpath: Optional[str] = None,
+              quiet: bool = True) -> Dict[str, Any]:
+    """Run ``script --job JSON`` in a fresh process; return its result dict, or {'error': ...}."""
+    proc = subprocess.run([sys.executable, str(script), "--job", json.dumps(job)],
+                          env=_child_env(extra_pythonpath),
                           cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
     result = None
@@ -133,14 +139,11 @@ def run_child(script: Path, job: Dict[str, Any], extra_pythonpath: Optional[str]
 
 def lightly_available(extra_pythonpath: Optional[str] = None) -> bool:
     """Whether a child process (with ``extra_pythonpath``) can import lightly's pieces we use."""
-    env = dict(os.environ)
-    if extra_pythonpath:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (extra_pythonpath, env.get("PYTHONPATH"))
-                                            if p)
     code = ("from lightly.loss import NTXentLoss, BarlowTwinsLoss, DINOLoss\n"
             "from lightly.models.modules import SimCLRProjectionHead\n"
             "from lightly.transforms import SimCLRTransform, DINOTransform")
-    return subprocess.run([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
+    return subprocess.run([sys.executable, "-c", code], env=_child_env(extra_pythonpath),
+                          stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL).returncode == 0
 
 

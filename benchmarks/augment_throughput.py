@@ -12,42 +12,25 @@ views.
 from __future__ import annotations
 
 import argparse
-import io
 import os
-import tarfile
 import time
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from vissl_lite.augment import ViewSpec, build_cpu_views, build_gpu_views
+from vissl_lite.data import load_uint8
 
 
 def load_images(data: str | None, num: int):
-    """(N, 3, 32, 32) uint8 from a CIFAR-style JPEG archive or folder, else synthetic."""
+    """(N, 3, H, W) uint8: a class-balanced ``num`` of the train split of an ImageFolder archive
+    or folder, through the decode-once uint8 cache that training uses; else synthetic 32x32."""
     if not data:
         return torch.randint(0, 256, (num, 3, 32, 32), dtype=torch.uint8), "synthetic"
-    path = Path(data)
-    decoded = []
-    if path.is_dir():
-        for f in sorted(path.rglob("*.jpg"))[:num]:
-            decoded.append(TF.pil_to_tensor(Image.open(f).convert("RGB")))
-    else:
-        with tarfile.open(path, "r|*") as tar:
-            for member in tar:
-                if member.isfile() and member.name.lower().endswith((".jpg", ".jpeg", ".png")):
-                    im = Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB")
-                    decoded.append(TF.pil_to_tensor(im))
-                    if len(decoded) == num:
-                        break
-    if not decoded:
-        raise SystemExit(f"no images found in {data}")
-    size = decoded[0].shape[-1]
-    images = torch.stack([TF.resize(im, [size, size], antialias=True) for im in decoded])
-    return images, f"{path.name} ({len(decoded)} images)"
+    images, _ = load_uint8({"name": "imagefolder", "root": data, "subset": num}, "train")
+    return images, f"{Path(data).name} ({len(images)} images)"
 
 
 class InMemory(Dataset):

@@ -3,7 +3,9 @@
     target <- m * target + (1 - m) * online        (Grill et al. 2020, eq. 1)
 
 with ``m`` usually following ``cosine_schedule(step, total, m_base, 1.0)``. Parameters are
-averaged; buffers (batch-norm statistics) are copied, as in the BYOL and DINO reference code.
+averaged. Buffers (batch-norm statistics) are copied from the online network by default (I-JEPA's
+target encoder has no forward of its own in training mode); ``copy_buffers=False`` leaves them to
+the target's own forward passes, as facebookresearch/dino does for its teacher.
 """
 from __future__ import annotations
 
@@ -12,12 +14,14 @@ from torch import nn
 
 
 @torch.no_grad()
-def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+def ema_update(target: nn.Module, online: nn.Module, momentum: float,
+               copy_buffers: bool = True) -> None:
     t_params = [p for p in target.parameters()]
     o_params = [p.detach() for p in online.parameters()]
     if len(t_params) != len(o_params):
         raise ValueError("ema_update: target and online networks have different parameters")
     torch._foreach_mul_(t_params, momentum)
     torch._foreach_add_(t_params, o_params, alpha=1.0 - momentum)
-    for t_buf, o_buf in zip(target.buffers(), online.buffers()):
-        t_buf.copy_(o_buf)
+    if copy_buffers:
+        for t_buf, o_buf in zip(target.buffers(), online.buffers()):
+            t_buf.copy_(o_buf)

@@ -28,6 +28,7 @@ from torch import nn
 
 from vissl_lite.augment.spec import ViewSpec
 from vissl_lite.distributed import all_reduce_mean
+from vissl_lite.engine.ema import ema_update
 from vissl_lite.methods.base import Method, StepOutput
 from vissl_lite.methods.heads import DINOHead
 from vissl_lite.registry import METHODS
@@ -165,12 +166,13 @@ class DINO(Method):
 
     @torch.no_grad()
     def on_step_end(self, step: int, total_steps: int) -> None:
-        """EMA update after optimizer step ``step`` (0-based): teacher = m * teacher + (1 - m) * student."""
+        """EMA update after optimizer step ``step`` (0-based): teacher = m * teacher + (1 - m) * student.
+
+        The teacher's batch-norm statistics come from its own forward passes, as in the paper's code.
+        """
         m = teacher_momentum(step, total_steps, self.cfg.momentum_teacher, self.cfg.momentum_teacher_end)
-        student = [*self.backbone.parameters(), *self.head.parameters()]
-        teacher = [*self.teacher_backbone.parameters(), *self.teacher_head.parameters()]
-        torch._foreach_mul_(teacher, m)
-        torch._foreach_add_(teacher, student, alpha=1 - m)
+        ema_update(self.teacher_backbone, self.backbone, m, copy_buffers=False)
+        ema_update(self.teacher_head, self.head, m, copy_buffers=False)
         self.steps_done.fill_(step + 1)
 
     def backbone_for_eval(self) -> nn.Module:
