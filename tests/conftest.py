@@ -2,15 +2,42 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import tarfile
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-ARCHIVE = Path(os.environ.get("VISSL_CIFAR_ARCHIVE",
-                              REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"))
+SHARED_ARCHIVE = Path("shared") / "datasets" / "cifar10-jpeg.tar.gz"
+
+
+def _origin_checkout() -> Optional[Path]:
+    """The local checkout this one was cloned from (``git clone . /tmp/x``), if any."""
+    try:
+        url = subprocess.run(["git", "-C", str(REPO), "config", "--get", "remote.origin.url"],
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    path = Path(url[len("file://"):] if url.startswith("file://") else url)
+    return path.resolve() if url and path.is_dir() else None
+
+
+def find_archive() -> Path:
+    """$VISSL_CIFAR_ARCHIVE, else ../shared/datasets/ beside this checkout, else beside the
+    checkout it was cloned from."""
+    if os.environ.get("VISSL_CIFAR_ARCHIVE"):
+        return Path(os.environ["VISSL_CIFAR_ARCHIVE"])
+    beside = REPO.parent / SHARED_ARCHIVE
+    origin = _origin_checkout()
+    if not beside.is_file() and origin is not None and (origin.parent / SHARED_ARCHIVE).is_file():
+        return origin.parent / SHARED_ARCHIVE
+    return beside
+
+
+ARCHIVE = find_archive()
 
 
 @pytest.fixture(autouse=True)
