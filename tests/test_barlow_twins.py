@@ -74,7 +74,6 @@ def test_barlow_twins_projector_and_step():
     views = [torch.randn(6, 3, 16, 16), torch.randn(6, 3, 16, 16)]
     out = method.training_step({"views": views})
     out.loss.backward()
-    assert out.embedding.shape == (6, 16)
     assert all(p.grad is not None for p in method.parameters())
     with torch.no_grad():  # train-mode BN normalises with batch statistics: same outputs again
         z_a, z_b = (method.projector(method.backbone(v)) for v in views)

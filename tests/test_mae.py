@@ -108,7 +108,6 @@ def test_training_step_backpropagates_into_encoder_and_decoder():
     method = MAE(tiny_vit(), mae_config())
     out = method.training_step({"views": [torch.randn(4, 3, 32, 32)]})
     assert out.loss.ndim == 0 and torch.isfinite(out.loss)
-    assert out.embedding.shape == (4, 96)
     out.loss.backward()
     assert method.backbone.patch_embed.proj.weight.grad.abs().sum() > 0
     assert method.decoder.mask_token.grad.abs().sum() > 0

@@ -67,5 +67,4 @@ def test_simclr_projector_and_step():
     views = [torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)]
     out = method.training_step({"views": views})
     out.loss.backward()
-    assert out.embedding.shape == (4, 16) and not out.embedding.requires_grad
     assert all(p.grad is not None for p in method.parameters())

@@ -1,12 +1,14 @@
 """``vissl-lite``: the command line.
 
-    vissl-lite pretrain CONFIG [key=value ...]       train a method from a YAML preset
-    vissl-lite eval knn|linear|rankme|cluster CKPT --data PATH
+    vissl-lite pretrain CONFIG [key=value ...]       train a method from a YAML file or preset name
+    vissl-lite eval EVALUATOR CKPT --data PATH
     vissl-lite config CONFIG [key=value ...]         print the resolved, validated config
-    vissl-lite list [methods|backbones|datasets|evaluators|presets]
+    vissl-lite list [methods|backbones|datasets|evaluators|presets] [--markdown]
 
-User errors (bad config key, missing data, wrong checkpoint) end in one line on stderr and exit
-status 2; anything else is a bug and keeps its traceback.
+User errors (every ``vissl_lite.errors.VisslLiteError``: bad config key, missing data, wrong
+checkpoint) end in one line on stderr and exit status 2; anything else is a bug and keeps its
+traceback. What the commands can name (methods, presets, ...) comes from the registries and the
+preset folders, so a new method file shows up here without an edit.
 """
 from __future__ import annotations
 
@@ -15,12 +17,15 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-USER_ERRORS = ("ConfigError", "DataError", "RegistryError", "CheckpointError", "TrainingError",
-               "BackboneError", "AugmentConfigError", "MaskError", "EvalError", "NonFiniteLossError")
+from vissl_lite import __version__
+from vissl_lite.errors import VisslLiteError
+from vissl_lite.presets import list_presets
+from vissl_lite.registry import ALL_REGISTRIES, EVALUATORS, METHODS
+
 
 PRETRAIN_EPILOG = """\
 examples:
-  vissl-lite pretrain configs/simclr/cifar10_resnet18.yaml
+  vissl-lite pretrain simclr/cifar10_resnet18
   vissl-lite pretrain configs/simclr/cifar10_resnet18.yaml optim.lr=0.6 train.epochs=100
   vissl-lite pretrain configs/dino/cifar10_resnet18.yaml data.root=/data/cifar10 resume=auto
   torchrun --nproc_per_node=8 -m vissl_lite.cli pretrain configs/dino/imagenet_vit_small.yaml
@@ -28,10 +33,6 @@ examples:
 overrides are omegaconf dotlist items (section.key=value); `vissl-lite config CONFIG` shows every
 key with its resolved value. resume=auto continues from OUTPUT_DIR/checkpoints/last.pt if present.
 """
-
-
-def _presets_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "configs"
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -54,26 +55,34 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    import vissl_lite.backbones  # noqa: F401  (each import fills its registry)
-    import vissl_lite.data  # noqa: F401
-    import vissl_lite.eval  # noqa: F401
-    import vissl_lite.methods  # noqa: F401
-    from vissl_lite.registry import ALL_REGISTRIES
-
     wanted = args.what.rstrip("s") if args.what else None
     for kind, registry in ALL_REGISTRIES.items():
         if wanted in (None, kind):
             print(f"{kind}s:")
             for name in registry.names():
-                desc = registry.describe(name)
-                print(f"  {name:<24} {desc}".rstrip())
+                print(f"  {name:<24} {registry.describe(name)}".rstrip())
     if wanted in (None, "preset"):
-        root = _presets_dir()
         print("presets:")
-        for path in sorted(root.glob("*/*.yaml")) if root.is_dir() else []:
-            if path.parent.name != "base":
-                print(f"  configs/{path.parent.name}/{path.name}")
+        for name, path in list_presets().items():
+            print(f"  {name:<32} {_display(path)}")
     return 0
+
+
+def cmd_methods_table(args: argparse.Namespace) -> int:
+    """The docs' table of methods, generated from the registry and the preset folders."""
+    print("| method | what it does | backbones | presets |\n|---|---|---|---|")
+    for name, cls in METHODS.items():
+        backbones = ", ".join(cls.supported_backbones) or "any"
+        presets = ", ".join(f"`{p}`" for p in list_presets(name)) or "-"
+        print(f"| `{name}` | {METHODS.describe(name)} | {backbones} | {presets} |")
+    return 0
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -85,9 +94,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vissl-lite",
-        description="Self-supervised pretraining (SimCLR, Barlow Twins, DINO, MAE, I-JEPA) and "
-                    "evaluation (kNN, linear probe, RankMe, clustering) from YAML presets.")
-    from vissl_lite import __version__
+        description=f"Self-supervised pretraining ({', '.join(METHODS.names())}) and evaluation "
+                    f"({', '.join(EVALUATORS.names())}) from YAML presets.")
     parser.add_argument("--version", action="version", version=f"vissl_lite {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -95,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Pretrain an encoder without labels. Writes config.yaml, "
                                    "metrics.jsonl, checkpoints/ and curves.png to output_dir.",
                        epilog=PRETRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", help="YAML preset, e.g. configs/simclr/cifar10_resnet18.yaml")
+    p.add_argument("config", help="YAML file or preset name, e.g. simclr/cifar10_resnet18 "
+                                  "(see `vissl-lite list presets`)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=cmd_pretrain)
 
@@ -116,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="List what a config can name.")
     p.add_argument("what", nargs="?", choices=["methods", "backbones", "datasets", "evaluators",
                                                "presets"])
-    p.set_defaults(func=cmd_list)
+    p.add_argument("--markdown", action="store_true",
+                   help="with 'methods': the Markdown table of methods and their presets")
+    p.set_defaults(func=lambda a: cmd_methods_table(a) if a.markdown else cmd_list(a))
     return parser
 
 
@@ -128,11 +139,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         return args.func(args)
-    except Exception as e:  # only user errors are shortened; bugs keep their traceback
-        if type(e).__name__ in USER_ERRORS or any(c.__name__ in USER_ERRORS for c in type(e).__mro__):
-            print(f"vissl-lite: error: {e}", file=sys.stderr)
-            return 2
-        raise
+    except VisslLiteError as e:  # only user errors are shortened; bugs keep their traceback
+        print(f"vissl-lite: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -26,10 +26,9 @@ from vissl_lite.backbones.config import BackboneConfig
 from vissl_lite.data.config import DataConfig
 from vissl_lite.engine.config import CheckpointConfig, LoggerConfig, OptimConfig, TrainConfig
 from vissl_lite.eval.config import MonitorConfig
-
-
-class ConfigError(ValueError):
-    """A user error in a config file or override; the message names the key, the source and the fix."""
+from vissl_lite.errors import ConfigError, RegistryError
+from vissl_lite.presets import resolve_preset
+from vissl_lite.registry import METHODS
 
 
 @dataclass
@@ -107,9 +106,6 @@ def _display(path: Path) -> str:
 
 
 def _method_schema(name: str) -> DictConfig:
-    from vissl_lite.registry import METHODS, RegistryError
-    import vissl_lite.methods  # noqa: F401  (registers the method plugins)
-
     try:
         cls = METHODS.get(name)
     except RegistryError as e:
@@ -164,7 +160,7 @@ def _parse_overrides(overrides: Sequence[str]) -> List[Tuple[str, DictConfig]]:
 def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[str] = (),
                 require: Sequence[str] = REQUIRED) -> DictConfig:
     """Load a preset, apply overrides, validate, and return a resolved read-only ``DictConfig``."""
-    sources = _collect_sources(Path(path)) if path else []
+    sources = _collect_sources(resolve_preset(path)) if path else []
     sources += _parse_overrides(overrides)
 
     raw_merged = OmegaConf.merge(*[c for _, c in sources]) if sources else OmegaConf.create()
@@ -215,6 +211,26 @@ def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
 
 def to_dict(cfg: DictConfig) -> Dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def _sizes(cfg: Any) -> Tuple[Optional[int], Optional[int]]:
+    augment, data = cfg.get("augment") or {}, cfg.get("data") or {}
+    return augment.get("global_size"), data.get("image_size")
+
+
+def global_view_size(cfg: Any) -> int:
+    """The side of the global views a run trains on (what the model and the evaluators see):
+    ``augment.global_size``, else ``data.image_size``, else 32. ``cfg`` is a full experiment
+    config or its dict (a checkpoint's ``config``)."""
+    global_size, image_size = _sizes(cfg)
+    return int(global_size or image_size or 32)
+
+
+def data_image_size(cfg: Any) -> int:
+    """The side of the images the data pipeline decodes (before cropping to the views):
+    ``data.image_size``, else ``augment.global_size``, else 32."""
+    global_size, image_size = _sizes(cfg)
+    return int(image_size or global_size or 32)
 
 
 def dataclass_from(section: DictConfig, cls: type):

@@ -18,9 +18,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-
-class MaskError(ValueError):
-    """Mask parameters that cannot be met (ratios, scales, grid too small for ``min_keep``)."""
+from vissl_lite.errors import MaskError
 
 
 def _rand(shape, generator: Optional[torch.Generator], device) -> torch.Tensor:

@@ -42,6 +42,7 @@ from dataclasses import dataclass, replace
 from typing import Any, List, Optional, Sequence, Tuple
 
 from vissl_lite.augment.spec import ViewSpec
+from vissl_lite.errors import AugmentConfigError
 
 SMALL_INPUT = 64
 
@@ -54,10 +55,6 @@ DATASET_STATS = {
 
 SIMCLR_JITTER = (0.8, 0.8, 0.8, 0.2)
 BYOL_JITTER = (0.4, 0.4, 0.2, 0.1)
-
-
-class AugmentConfigError(ValueError):
-    """A bad value in the ``augment`` config section; the message names the key and the fix."""
 
 
 @dataclass(frozen=True)

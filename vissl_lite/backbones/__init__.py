@@ -7,7 +7,7 @@ torchvision or timm (the modules below load them on first use).
 """
 from __future__ import annotations
 
-from vissl_lite.backbones.errors import BackboneError
+from vissl_lite.errors import BackboneError
 from vissl_lite.backbones.zoo import build_backbone, build_backbone_from_config
 
 __all__ = ["BackboneError", "build_backbone", "build_backbone_from_config",

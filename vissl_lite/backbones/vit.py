@@ -21,7 +21,7 @@ from timm.layers import resample_abs_pos_embed
 from timm.models import checkpoint_seq
 from timm.models.vision_transformer import VisionTransformer
 
-from vissl_lite.backbones.errors import BackboneError
+from vissl_lite.errors import BackboneError
 from vissl_lite.backbones.pos_embed import sincos_2d_pos_embed
 
 GLOBAL_POOLS = ("avg", "token")

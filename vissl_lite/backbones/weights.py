@@ -17,7 +17,7 @@ from typing import Dict, Iterable, List
 import torch
 from torch import nn
 
-from vissl_lite.backbones.errors import BackboneError
+from vissl_lite.errors import BackboneError
 
 CONTAINER_KEYS = ("state_dict", "model", "teacher", "target_encoder", "encoder")
 CLASSIFIER_PREFIXES = ("fc.", "head.", "fc_norm.")

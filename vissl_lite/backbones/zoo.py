@@ -13,8 +13,8 @@ import inspect
 from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional
 
 from vissl_lite.backbones.config import BackboneConfig
-from vissl_lite.backbones.errors import BackboneError
-from vissl_lite.registry import BACKBONES, RegistryError
+from vissl_lite.errors import BackboneError, ConfigError, RegistryError
+from vissl_lite.registry import BACKBONES
 
 if TYPE_CHECKING:
     from torch import nn
@@ -115,7 +115,6 @@ def build_backbone(name: str, pretrained_path: Optional[str] = None, **kw) -> nn
 def build_backbone_from_config(backbone_cfg, image_size: Optional[int] = None) -> nn.Module:
     """Build from the ``backbone`` config section; a ViT's ``img_size`` defaults to
     ``image_size`` (the size of the images the method feeds it)."""
-    from vissl_lite.config import ConfigError
 
     if dataclasses.is_dataclass(backbone_cfg):
         values = dataclasses.asdict(backbone_cfg)

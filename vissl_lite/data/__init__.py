@@ -4,7 +4,7 @@ extracting it) and ``memory.py`` (whole split as one cached uint8 tensor).
 """
 from vissl_lite.data.archive import ImageFolderArchive
 from vissl_lite.data.datasets import ClassSubset, ImageFolder, build_dataset, subset_indices
-from vissl_lite.data.errors import DataError
+from vissl_lite.errors import DataError
 from vissl_lite.data.memory import UInt8TensorDataset, build_uint8_dataset, load_uint8
 
 # loader glue: vissl_lite.data.loader (engine-owned)

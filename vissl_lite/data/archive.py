@@ -37,7 +37,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, 
 import numpy as np
 from torch.utils.data import Dataset
 
-from vissl_lite.data.errors import DataError
+from vissl_lite.errors import DataError
 from vissl_lite.data.image import IMG_EXTENSIONS, decode_rgb, is_image_file
 
 __all__ = ["ImageFolderArchive", "is_archive", "ARCHIVE_SUFFIXES"]

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset, Subset
 
 from vissl_lite.data.archive import ImageFolderArchive, is_archive
 from vissl_lite.data.config import DataConfig
-from vissl_lite.data.errors import DataError
+from vissl_lite.errors import DataError
 from vissl_lite.data.image import IMG_EXTENSIONS, load_rgb
 from vissl_lite.registry import DATASETS
 

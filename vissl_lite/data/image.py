@@ -13,7 +13,7 @@ from typing import Union
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from vissl_lite.data.errors import DataError
+from vissl_lite.errors import DataError
 
 __all__ = ["IMG_EXTENSIONS", "is_image_file", "load_rgb", "decode_rgb"]
 

@@ -22,7 +22,9 @@ from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from vissl_lite.config import data_image_size
 from vissl_lite.engine.rng import derive_seed
+from vissl_lite.errors import ConfigError
 
 
 _PERMUTATION, _AUGMENT, _GPU_AUGMENT = 1, 2, 3
@@ -89,7 +91,6 @@ class CPULoader:
         self.batch_size = batch_size
         self.sampler = ResumableSampler(dataset, world_size, rank, seed)
         if self.sampler.num_samples < batch_size:
-            from vissl_lite.config import ConfigError
             raise ConfigError(f"the data set has {len(dataset)} samples, {self.sampler.num_samples} "
                               f"per rank, fewer than one batch of {batch_size} per rank; lower "
                               f"train.batch_size or use more data (data.subset)")
@@ -125,7 +126,6 @@ class DeviceLoader:
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.per_rank = len(images) // world_size
         if self.per_rank < batch_size:
-            from vissl_lite.config import ConfigError
             raise ConfigError(f"the data set has {len(images)} samples, {self.per_rank} per rank, "
                               f"fewer than one batch of {batch_size} per rank; lower "
                               f"train.batch_size or use more data")
@@ -163,7 +163,7 @@ def build_train_loader(cfg, views_spec, rank: int, world_size: int, device: torc
     if batch_size is None:
         batch_size = cfg.train.batch_size // (world_size * cfg.train.accumulate)
     device = torch.device(device)
-    image_size = cfg.data.image_size or cfg.augment.global_size or 32
+    image_size = data_image_size(cfg)
     path = str(cfg.augment.path).lower()
 
     if path == "gpu":
@@ -178,7 +178,6 @@ def build_train_loader(cfg, views_spec, rank: int, world_size: int, device: torc
         return DeviceLoader(images, labels, transform, batch_size, rank, world_size, cfg.seed,
                             device)
     if path != "cpu":
-        from vissl_lite.config import ConfigError
         raise ConfigError(f"augment.path must be 'cpu' or 'gpu', got '{cfg.augment.path}'")
 
     if dataset is None:

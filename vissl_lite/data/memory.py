@@ -40,7 +40,7 @@ from vissl_lite.data.archive import is_archive
 from vissl_lite.data.config import DataConfig
 from vissl_lite.data.datasets import (ImageFolder, as_data_config, build_imagefolder,
                                       describe_sample, split_name, subset_indices, targets_of)
-from vissl_lite.data.errors import DataError
+from vissl_lite.errors import DataError
 from vissl_lite.registry import DATASETS
 
 __all__ = ["load_uint8", "UInt8TensorDataset", "build_uint8_dataset", "default_cache_dir"]

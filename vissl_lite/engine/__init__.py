@@ -1,20 +1,22 @@
 """The method-agnostic trainer: DDP, AMP, optimizers, schedules, checkpoints, logging.
 
 ``Trainer(cfg).fit()`` pretrains any registered ``Method``; ``load_pretrained(path)`` rebuilds a
-trained method from its checkpoint for evaluation.
+trained method from its checkpoint for evaluation. The names below load on first use, so that
+``vissl_lite.engine.config`` (the schemas of the optim/train/checkpoint/logger sections) can be
+imported by ``vissl_lite.config`` without loading the trainer.
 """
-from vissl_lite.engine.checkpoint import (CheckpointError, CheckpointManager, atomic_save,
-                                          load_checkpoint, load_pretrained)
-from vissl_lite.engine.ema import ema_update
-from vissl_lite.engine.optim import LARS, build_optimizer, param_groups, scaled_lr
-from vissl_lite.engine.rng import seed_everything
-from vissl_lite.engine.schedules import (ParamScheduler, cosine_schedule, linear_schedule,
-                                         warmup_cosine_schedule)
-from vissl_lite.engine.trainer import NonFiniteLossError, Trainer
+from vissl_lite._lazy import lazy_exports
 
-__all__ = [
-    "Trainer", "NonFiniteLossError", "load_checkpoint", "load_pretrained", "CheckpointError",
-    "CheckpointManager", "atomic_save", "LARS", "build_optimizer", "param_groups", "scaled_lr",
-    "ParamScheduler", "cosine_schedule", "linear_schedule", "warmup_cosine_schedule",
-    "ema_update", "seed_everything",
-]
+_EXPORTS = {
+    **dict.fromkeys(["CheckpointManager", "atomic_save", "load_checkpoint", "load_pretrained"],
+                    "vissl_lite.engine.checkpoint"),
+    **dict.fromkeys(["CheckpointError", "NonFiniteLossError"], "vissl_lite.errors"),
+    "ema_update": "vissl_lite.engine.ema",
+    **dict.fromkeys(["LARS", "build_optimizer", "param_groups", "scaled_lr"], "vissl_lite.engine.optim"),
+    "seed_everything": "vissl_lite.engine.rng",
+    **dict.fromkeys(["ParamScheduler", "cosine_schedule", "linear_schedule",
+                     "warmup_cosine_schedule"], "vissl_lite.engine.schedules"),
+    "Trainer": "vissl_lite.engine.trainer",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -19,13 +19,11 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from vissl_lite.errors import CheckpointError
+
 FORMAT_VERSION = 1
 LAST, BEST = "last.pt", "best.pt"
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: missing, unreadable, or from another method/backbone."""
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:

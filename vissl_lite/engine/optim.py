@@ -96,7 +96,7 @@ OPTIMIZERS = ("sgd", "adamw", "lars")
 
 def build_optimizer(optim_cfg, model: nn.Module, lr: float) -> torch.optim.Optimizer:
     """The optimizer named by ``optim.name`` over ``param_groups(model)``; ``lr`` is already scaled."""
-    from vissl_lite.config import ConfigError
+    from vissl_lite.errors import ConfigError
 
     name = str(optim_cfg.name).lower()
     groups = param_groups(model, optim_cfg.weight_decay, optim_cfg.exclude_bias_and_norm)

@@ -37,17 +37,14 @@ from vissl_lite.engine.optim import build_optimizer, scaled_lr
 from vissl_lite.engine.rng import (derive_seed, preserved_rng, rng_state, seed_everything,
                                    set_rng_state)
 from vissl_lite.engine.schedules import ParamScheduler
+from vissl_lite.errors import NonFiniteLossError
 
 _RUNTIME_STREAM = 17  # the training process's RNG stream after the model is built
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss or the gradient became NaN/inf; the message names the step and what to try."""
-
-
 def _config_error(message: str) -> Exception:
-    from vissl_lite.config import ConfigError
+    from vissl_lite.errors import ConfigError
     return ConfigError(message)
 
 

@@ -21,7 +21,8 @@ from torch.utils.data import Dataset, Subset
 
 from vissl_lite import distributed as dist
 from vissl_lite.eval.cluster import alignment, cluster_evaluate
-from vissl_lite.eval.errors import EvalError
+from vissl_lite.config import global_view_size
+from vissl_lite.errors import EvalError
 from vissl_lite.eval.features import (cache_key, cached_features, extract_features, file_digest,
                                       resolve_device)
 from vissl_lite.eval.knn import BACKENDS, knn_classify
@@ -112,7 +113,7 @@ def _load_encoder(spec: str, args) -> Tuple[nn.Module, Dict[str, Any]]:
     method, cfg = load_pretrained(str(path))
     encoder = method.backbone_for_eval()
     augment = cfg.get("augment") if hasattr(cfg, "get") else None
-    size = (augment.global_size if augment else None) or cfg.data.image_size or 32
+    size = global_view_size(cfg)
     return encoder, {"model_id": f"sha256:{file_digest(path)}", "image_size": int(size),
                      "mean": augment.mean if augment else None,
                      "std": augment.std if augment else None, "augment": augment}

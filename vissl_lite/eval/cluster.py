@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vissl_lite.eval.errors import EvalError
+from vissl_lite.errors import EvalError
 from vissl_lite.registry import EVALUATORS
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from vissl_lite import distributed as dist
-from vissl_lite.eval.errors import EvalError
+from vissl_lite.errors import EvalError
 from vissl_lite.eval.transforms import normalize_uint8
 
 Features = Tuple[torch.Tensor, torch.Tensor]

@@ -15,7 +15,7 @@ from typing import Dict, Iterable, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from vissl_lite.eval.errors import EvalError
+from vissl_lite.errors import EvalError
 from vissl_lite.eval.metrics import check_features, topk_accuracy
 from vissl_lite.registry import EVALUATORS
 

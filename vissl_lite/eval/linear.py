@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from vissl_lite.eval.errors import EvalError
+from vissl_lite.errors import EvalError
 from vissl_lite.eval.features import extract_features, resolve_device
 from vissl_lite.eval.metrics import check_features, topk_accuracy
 from vissl_lite.registry import EVALUATORS

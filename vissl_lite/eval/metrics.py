@@ -5,7 +5,7 @@ from typing import Dict, Iterable
 
 import torch
 
-from vissl_lite.eval.errors import EvalError
+from vissl_lite.errors import EvalError
 
 
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: Iterable[int] = (1, 5)) -> Dict[int, float]:

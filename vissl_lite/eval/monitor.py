@@ -20,7 +20,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from vissl_lite import distributed as dist
-from vissl_lite.eval.errors import EvalError
+from vissl_lite.config import global_view_size
+from vissl_lite.errors import EvalError
 from vissl_lite.eval.features import extract_features, resolve_device
 from vissl_lite.eval.knn import knn_classify
 from vissl_lite.eval.metrics import topk_accuracy
@@ -113,7 +114,7 @@ class OnlineMonitor:
         self.method = method
         self.device = resolve_device(device)
         augment = cfg.get("augment", None) if hasattr(cfg, "get") else None
-        self.image_size = int((augment.global_size if augment else None) or cfg.data.image_size or 32)
+        self.image_size = global_view_size(cfg)
         self.mean, self.std = resolve_mean_std(self.image_size, augment.mean if augment else None,
                                                augment.std if augment else None)
         workers = min(int(cfg.data.num_workers), 4)

@@ -13,7 +13,7 @@ from typing import Dict, Optional
 
 import torch
 
-from vissl_lite.eval.errors import EvalError
+from vissl_lite.errors import EvalError
 from vissl_lite.registry import EVALUATORS
 
 EPS = 1e-7

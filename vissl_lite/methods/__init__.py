@@ -1,36 +1,54 @@
-"""Method plugins, one file each; importing this package registers them in ``METHODS``."""
+"""Method plugins, one file each, found by discovery.
+
+Every public module of this package is imported the first time ``vissl_lite.registry.METHODS`` is
+used; a module that defines a ``Method`` subclass decorated with ``@METHODS.register("name")`` is
+a method, and ``configs/<name>/*.yaml`` are its presets. Nothing else lists methods by hand:
+``from vissl_lite.methods import SimCLR`` looks the class up among the registered ones.
+"""
 from __future__ import annotations
 
-from vissl_lite.methods.base import Method, StepOutput
-from vissl_lite.methods.barlow_twins import BarlowTwins
-from vissl_lite.methods.dino import DINO
-from vissl_lite.methods.ijepa import IJEPA
-from vissl_lite.methods.mae import MAE
-from vissl_lite.methods.simclr import SimCLR
-from vissl_lite.registry import METHODS
+from typing import List
 
-__all__ = ["Method", "StepOutput", "SimCLR", "BarlowTwins", "DINO", "MAE", "IJEPA", "build_method"]
+from torch import nn
+
+from vissl_lite.backbones import build_backbone_from_config
+from vissl_lite.config import global_view_size
+from vissl_lite.errors import ConfigError
+from vissl_lite.methods.base import Method, StepOutput, check_backbone_family
+from vissl_lite.registry import METHODS
 
 
 def build_method(cfg) -> Method:
     """Build backbone + method from a full experiment config (``vissl_lite.config.load_config``)."""
-    from vissl_lite.backbones import build_backbone_from_config
-
     cls = METHODS.get(cfg.method.name)
-    image_size = cfg.augment.global_size or cfg.data.image_size or 32
+    image_size = global_view_size(cfg)
     backbone = build_backbone_from_config(cfg.backbone, image_size=image_size)
-    family = getattr(backbone, "family", "")
-    if cls.supported_backbones and family not in cls.supported_backbones:
-        from vissl_lite.config import ConfigError
-        raise ConfigError(f"method '{cfg.method.name}' needs a {' or '.join(cls.supported_backbones)} "
-                          f"backbone, got backbone.name={cfg.backbone.name} ({family}); "
-                          f"pick e.g. backbone.name=vit_tiny_patch4")
+    check_backbone_family(cls, backbone, cfg.backbone.name)
     method = cls(backbone, cfg.method)
+    _check_local_crops(method, backbone, cfg, image_size)
+    return method
+
+
+def _check_local_crops(method: Method, backbone: nn.Module, cfg, image_size: int) -> None:
     same_size = cfg.augment.local_size is not None and cfg.augment.local_size == image_size
     if method.views.num_local and not same_size and getattr(backbone, "any_img_size", True) is False:
-        from vissl_lite.config import ConfigError
         raise ConfigError(f"method '{cfg.method.name}' feeds {method.views.num_local} local crops of "
                           f"another size than the global ones, but backbone {cfg.backbone.name} "
                           f"takes one input size; set backbone.dynamic_img_size=true (or "
                           f"method.num_local_crops=0)")
-    return method
+
+
+def method_classes() -> List[type]:
+    """Every registered method class, sorted by registered name."""
+    return [cls for _, cls in METHODS.items()]
+
+
+def __getattr__(name: str):
+    for cls in method_classes():
+        if cls.__name__ == name:
+            return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> List[str]:
+    return sorted([*globals(), *(cls.__name__ for cls in method_classes())])

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any, Dict
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from vissl_lite.augment.spec import ViewSpec
@@ -64,9 +63,7 @@ class BarlowTwins(Method):
     min_batch_size = 2
 
     def __init__(self, backbone: nn.Module, cfg: Any = None):
-        super().__init__()
-        self.cfg = OmegaConf.to_object(OmegaConf.merge(BarlowTwinsConfig, cfg or {}))
-        self.backbone = backbone
+        super().__init__(backbone, cfg)
         self.projector = projection_mlp(backbone.num_features, self.cfg.proj_hidden_dim,
                                         self.cfg.proj_output_dim, self.cfg.proj_layers)
 
@@ -75,4 +72,4 @@ class BarlowTwins(Method):
         h_a = self.backbone(view_a)                       # separate passes: per-view BN, as the paper
         z_a, z_b = self.projector(h_a), self.projector(self.backbone(view_b))
         loss = self.cfg.scale_loss * barlow_twins_loss(z_a, z_b, self.cfg.lambda_offdiag, self.cfg.bn_eps)
-        return StepOutput(loss, {}, embedding=h_a.detach())
+        return StepOutput(loss, {})

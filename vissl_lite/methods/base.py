@@ -6,6 +6,12 @@ updates what is not learned by gradient (``on_step_end``: EMA teachers, centers,
 hands evaluators the encoder to freeze (``backbone_for_eval``). The trainer calls nothing else and
 knows no method by name.
 
+Every method is constructed the same way, ``cls(backbone, cfg)``, where ``cfg`` is a dict, an
+omegaconf ``DictConfig`` or an instance of the method's ``Config`` dataclass (missing keys take the
+dataclass defaults). ``Method.__init__`` validates it into ``self.cfg``, a ``Config`` instance: a
+wrong key or type raises :class:`~vissl_lite.errors.ConfigError`, as do the range checks a
+``Config`` makes in its ``__post_init__``.
+
 Batch format given to ``training_step`` (built by ``vissl_lite.data.loader``):
     {"views":  [Tensor(B, 3, H_i, W_i), ...]   float, normalised, on the training device;
                                               global views first, then local views
@@ -14,30 +20,63 @@ Batch format given to ``training_step`` (built by ``vissl_lite.data.loader``):
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, Optional
+from typing import Any, ClassVar, Dict
 
 import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from vissl_lite.augment.spec import ViewSpec
+from vissl_lite.errors import ConfigError
 
 
 @dataclass
 class StepOutput:
-    """A training step's scalar loss and the numbers to log (floats or 0-d tensors)."""
+    """A training step's scalar loss and the numbers to log (0-d tensors or Python floats)."""
 
     loss: torch.Tensor
     metrics: Dict[str, Any] = field(default_factory=dict)
-    embedding: Optional[torch.Tensor] = None  # detached, for online monitors (e.g. RankMe)
+
+
+def method_config(config_cls: type, cfg: Any = None) -> Any:
+    """``cfg`` (None, dict, DictConfig or a ``config_cls`` instance) -> a validated ``config_cls``."""
+    if isinstance(cfg, config_cls):
+        return cfg
+    if cfg is None:
+        cfg = {}
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        cfg = dataclasses.asdict(cfg)
+    if not isinstance(cfg, (dict, DictConfig)):
+        raise ConfigError(f"a method's config must be a dict, a DictConfig or a "
+                          f"{config_cls.__name__}, got {type(cfg).__name__}")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(config_cls), cfg)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(f"method.{key}: {str(e).splitlines()[0]}") from None
+
+
+def check_backbone_family(method_cls: type, backbone: nn.Module, backbone_name: str = "") -> None:
+    """Raise if ``method_cls`` cannot train this kind of backbone (e.g. MAE on a ResNet)."""
+    family = getattr(backbone, "family", None)
+    supported = method_cls.supported_backbones
+    if supported and family is not None and family not in supported:
+        name = backbone_name or type(backbone).__name__
+        raise ConfigError(f"method '{method_cls.Config().name}' needs a {' or '.join(supported)} "
+                          f"backbone, got backbone.name={name} ({family}); pick e.g. "
+                          f"backbone.name={'vit_tiny_patch4' if 'vit' in supported else 'resnet18'}")
 
 
 class Method(nn.Module):
     """Base class of every method plugin (see module docstring).
 
-    Subclasses set ``Config`` to a dataclass of their hyper-parameters (the ``method`` section of
-    the YAML file is validated against it) and are registered with ``@METHODS.register("name")``.
-    They are constructed as ``cls(backbone, cfg)`` where ``cfg`` is that validated section.
+    Subclasses set ``Config`` to a dataclass of their hyper-parameters (with a ``name`` field equal
+    to the registered name), are registered with ``@METHODS.register("name")`` and call
+    ``super().__init__(backbone, cfg)`` first.
     """
 
     Config: ClassVar[type]
@@ -47,6 +86,14 @@ class Method(nn.Module):
     min_batch_size: ClassVar[int] = 2
     #: backbone families the method supports, e.g. ("vit",); empty means any
     supported_backbones: ClassVar[tuple] = ()
+
+    def __init__(self, backbone: nn.Module, cfg: Any = None):
+        super().__init__()
+        check_backbone_family(type(self), backbone)
+        self.cfg = method_config(self.Config, cfg)
+        self.backbone = backbone
+        self.total_steps = 0
+        self.steps_per_epoch = 0
 
     def setup(self, total_steps: int, steps_per_epoch: int) -> None:
         """Called once by the trainer before the first step (schedules that depend on run length)."""

@@ -23,7 +23,6 @@ from typing import Any, Dict, List, Sequence
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import nn
 
 from vissl_lite.augment.spec import ViewSpec
@@ -117,11 +116,9 @@ class DINO(Method):
     min_batch_size = 2
 
     def __init__(self, backbone: nn.Module, cfg: Any = None):
-        super().__init__()
-        self.cfg = OmegaConf.to_object(OmegaConf.merge(DINOConfig, cfg or {}))
+        super().__init__(backbone, cfg)
         c = self.cfg
         self.views = ViewSpec("dino", 2, c.num_local_crops)
-        self.backbone = backbone
         self.head = DINOHead(backbone.num_features, c.out_dim, c.hidden_dim, c.bottleneck_dim,
                              c.head_layers, c.use_bn_in_head, c.norm_last_layer)
         self.teacher_backbone = copy.deepcopy(backbone)
@@ -156,8 +153,7 @@ class DINO(Method):
             probs = F.softmax((teacher_out.float() - self.center) / temp, dim=-1)
             entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean()
         update_center(self.center, teacher_out, c.center_momentum)
-        return StepOutput(loss, {"teacher_temp": temp, "teacher_entropy": entropy},
-                          embedding=teacher_features[: crops[0].shape[0]])
+        return StepOutput(loss, {"teacher_temp": temp, "teacher_entropy": entropy})
 
     def on_before_optimizer_step(self, step: int) -> None:
         if self._epoch(step) < self.cfg.freeze_last_layer:

@@ -33,7 +33,7 @@ from torch import nn
 
 from vissl_lite.augment.masks import BlockMasks, block_masks
 from vissl_lite.augment.spec import ViewSpec
-from vissl_lite.config import ConfigError
+from vissl_lite.errors import ConfigError
 from vissl_lite.engine.ema import ema_update
 from vissl_lite.engine.schedules import cosine_schedule, linear_schedule
 from vissl_lite.methods.base import Method, StepOutput
@@ -108,11 +108,10 @@ class IJEPA(Method):
     supported_backbones = ("vit",)
     min_batch_size = 1
 
-    def __init__(self, backbone: nn.Module, cfg: Any):
-        super().__init__()
+    def __init__(self, backbone: nn.Module, cfg: Any = None):
+        super().__init__(backbone, cfg)
+        cfg = self.cfg
         _check_config(cfg)
-        self.cfg = cfg
-        self.backbone = backbone
         self.grid_size = tuple(int(g) for g in backbone.grid_size)
         self.predictor = JEPAPredictor(backbone.embed_dim, self.grid_size, dim=cfg.predictor_dim,
                                        depth=cfg.predictor_depth, num_heads=cfg.predictor_heads)
@@ -165,8 +164,7 @@ class IJEPA(Method):
         context_idx, target_idx = self.sample_masks(images.shape[0], images.device)
         preds, targets, z = self.predict(images, context_idx, target_idx)
         loss = self.prediction_loss(preds, targets)
-        return StepOutput(loss=loss, metrics={"pred_loss": loss.detach(), "ema_momentum": self.momentum},
-                          embedding=z.detach().mean(dim=1))
+        return StepOutput(loss=loss, metrics={"pred_loss": loss.detach(), "ema_momentum": self.momentum})
 
     def momentum_at(self, step: int, total_steps: int) -> float:
         schedule = SCHEDULES[self.cfg.momentum_schedule]

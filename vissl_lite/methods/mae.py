@@ -31,7 +31,7 @@ from torch import nn
 
 from vissl_lite.augment.masks import random_patch_mask
 from vissl_lite.augment.spec import ViewSpec
-from vissl_lite.config import ConfigError
+from vissl_lite.errors import ConfigError
 from vissl_lite.methods.base import Method, StepOutput
 from vissl_lite.methods.vit_blocks import TransformerStack, fixed_pos_embed
 from vissl_lite.registry import METHODS
@@ -112,16 +112,15 @@ class MAE(Method):
     supported_backbones = ("vit",)
     min_batch_size = 1
 
-    def __init__(self, backbone: nn.Module, cfg: Any):
-        super().__init__()
+    def __init__(self, backbone: nn.Module, cfg: Any = None):
+        super().__init__(backbone, cfg)
+        cfg = self.cfg
         if not 0.0 < cfg.mask_ratio < 1.0:
             raise ConfigError(f"method.mask_ratio must be in (0, 1), got {cfg.mask_ratio} "
                               f"(the paper uses 0.75)")
         if cfg.decoder_dim % cfg.decoder_heads:
             raise ConfigError(f"method.decoder_dim={cfg.decoder_dim} is not divisible by "
                               f"method.decoder_heads={cfg.decoder_heads}")
-        self.cfg = cfg
-        self.backbone = backbone
         self.patch_size = int(backbone.patch_size)
         self.grid_size = tuple(int(g) for g in backbone.grid_size)
         self.num_patches = int(backbone.num_patches)
@@ -162,5 +161,4 @@ class MAE(Method):
         images = batch["views"][0]
         latent, pred, _, mask_idx = self._encode_decode(images, None)
         loss = self.reconstruction_loss(pred, images, mask_idx)
-        return StepOutput(loss=loss, metrics={"recon_loss": loss.detach()},
-                          embedding=latent.detach().mean(dim=1))
+        return StepOutput(loss=loss, metrics={"recon_loss": loss.detach()})

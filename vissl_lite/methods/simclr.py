@@ -19,7 +19,6 @@ from typing import Any, Dict
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import nn
 
 from vissl_lite.augment.spec import ViewSpec
@@ -73,9 +72,7 @@ class SimCLR(Method):
     min_batch_size = 2
 
     def __init__(self, backbone: nn.Module, cfg: Any = None):
-        super().__init__()
-        self.cfg = OmegaConf.to_object(OmegaConf.merge(SimCLRConfig, cfg or {}))
-        self.backbone = backbone
+        super().__init__(backbone, cfg)
         self.projector = projection_mlp(backbone.num_features, self.cfg.proj_hidden_dim,
                                         self.cfg.proj_output_dim, self.cfg.proj_layers,
                                         last_bn=self.cfg.proj_last_bn)
@@ -87,4 +84,4 @@ class SimCLR(Method):
         loss = nt_xent_loss(z_a, z_b, self.cfg.temperature)
         with torch.no_grad():
             pos_sim = F.cosine_similarity(z_a.float(), z_b.float(), dim=1).mean()
-        return StepOutput(loss, {"pos_sim": pos_sim}, embedding=h[: view_a.shape[0]].detach())
+        return StepOutput(loss, {"pos_sim": pos_sim})
