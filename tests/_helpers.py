@@ -83,3 +83,41 @@ def gaussian_clusters(n: int, num_classes: int, dim: int, spread: float = 0.5, s
     centers = torch.randn(num_classes, dim, generator=torch.Generator().manual_seed(center_seed))
     labels = torch.randint(0, num_classes, (n,), generator=g)
     return centers[labels] * center_scale + spread * torch.randn(n, dim, generator=g), labels
+
+
+def registered_methods() -> List[str]:
+    """The names of the methods shipped in vissl_lite/methods (test-only plugins excluded)."""
+    from vissl_lite.registry import METHODS
+    return [name for name, cls in METHODS.items() if cls.__module__.startswith("vissl_lite.methods")]
+
+
+def tiny_backbone(method_cls) -> nn.Module:
+    """The smallest real backbone of a family the method supports: a 1-block ViT on 32x32
+    (patch 4, any input size) for ViT methods, a ResNet with one block per stage otherwise."""
+    from torchvision.models.resnet import BasicBlock
+
+    from vissl_lite.backbones.resnet import ResNet
+    from vissl_lite.backbones.vit import ViT
+
+    if method_cls.supported_backbones and "resnet" not in method_cls.supported_backbones:
+        return ViT(patch_size=4, embed_dim=48, depth=1, num_heads=3, img_size=32, pos_embed="sincos",
+                   dynamic_img_size=True, name="vit_test")
+    return ResNet(BasicBlock, (1, 1, 1, 1), name="resnet10_test")
+
+
+def tiny_method(name: str, **overrides):
+    """A registered method built with its ``tiny_config`` (plus ``overrides``) on a tiny backbone."""
+    from vissl_lite.registry import METHODS
+    cls = METHODS.get(name)
+    return cls(tiny_backbone(cls), {**cls.tiny_config, **overrides})
+
+
+def views_batch(method, batch: int = 8, global_size: int = 32, local_size: int = 16,
+                seed: int = 0) -> Dict[str, object]:
+    """A batch in the trainer's format with the views ``method.views`` asks for (random pixels)."""
+    g = torch.Generator().manual_seed(seed)
+    spec = method.views
+    sizes = [global_size] * spec.num_global + [local_size] * spec.num_local
+    views = [torch.randn(batch, 3, s, s, generator=g) for s in sizes]
+    return {"views": views, "labels": torch.zeros(batch, dtype=torch.long),
+            "index": torch.arange(batch)}

@@ -70,9 +70,7 @@ class ToyContrastive(Method):
     min_batch_size = 4
 
     def __init__(self, backbone: nn.Module, cfg):
-        super().__init__()
-        self.cfg = cfg
-        self.backbone = backbone
+        super().__init__(backbone, cfg)
         self.projector = nn.Sequential(nn.Linear(backbone.num_features, 16), nn.ReLU(),
                                        nn.Linear(16, 8))
         self.dropout = nn.Dropout(cfg.dropout)

@@ -59,6 +59,7 @@ class BarlowTwins(Method):
     """Barlow Twins: backbone + projection MLP, cross-correlation over the global batch."""
 
     Config = BarlowTwinsConfig
+    tiny_config = {"proj_hidden_dim": 32, "proj_output_dim": 32}
     views = ViewSpec("byol", 2, 0)    # the paper uses BYOL's asymmetric augmentations
     min_batch_size = 2
 

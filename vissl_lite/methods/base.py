@@ -86,6 +86,9 @@ class Method(nn.Module):
     min_batch_size: ClassVar[int] = 2
     #: backbone families the method supports, e.g. ("vit",); empty means any
     supported_backbones: ClassVar[tuple] = ()
+    #: config overrides giving a small instance (narrow heads) for the generic tests, which are
+    #: parametrised over the registry, and for CPU smoke benchmarks
+    tiny_config: ClassVar[Dict[str, Any]] = {}
 
     def __init__(self, backbone: nn.Module, cfg: Any = None):
         super().__init__()

@@ -114,6 +114,7 @@ class DINO(Method):
 
     Config = DINOConfig
     min_batch_size = 2
+    tiny_config = {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "num_local_crops": 2}
 
     def __init__(self, backbone: nn.Module, cfg: Any = None):
         super().__init__(backbone, cfg)

@@ -107,6 +107,7 @@ class IJEPA(Method):
     views = ViewSpec("ijepa", 1, 0)
     supported_backbones = ("vit",)
     min_batch_size = 1
+    tiny_config = {"predictor_dim": 32, "predictor_depth": 1, "predictor_heads": 2}
 
     def __init__(self, backbone: nn.Module, cfg: Any = None):
         super().__init__(backbone, cfg)

@@ -111,6 +111,7 @@ class MAE(Method):
     views = ViewSpec("mae", 1, 0)
     supported_backbones = ("vit",)
     min_batch_size = 1
+    tiny_config = {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}
 
     def __init__(self, backbone: nn.Module, cfg: Any = None):
         super().__init__(backbone, cfg)

@@ -70,6 +70,7 @@ class SimCLR(Method):
     Config = SimCLRConfig
     views = ViewSpec("simclr", 2, 0)
     min_batch_size = 2
+    tiny_config = {"proj_hidden_dim": 32, "proj_output_dim": 16}
 
     def __init__(self, backbone: nn.Module, cfg: Any = None):
         super().__init__(backbone, cfg)
