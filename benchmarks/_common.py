@@ -14,7 +14,7 @@ import resource
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
@@ -44,13 +44,23 @@ def check_data(path: str) -> str:
     return str(p.resolve())
 
 
+def cifar10_methods() -> List[str]:
+    """Every method with a CIFAR-10 preset (configs/<method>/cifar10_*.yaml), found, not listed."""
+    from vissl_lite.presets import list_presets
+
+    return sorted({name.split("/")[0] for name in list_presets()
+                   if name.split("/")[1].startswith("cifar10_")})
+
+
 def preset(method: str) -> Path:
     """The CIFAR-10 preset of a method (configs/<method>/cifar10_*.yaml)."""
-    found = sorted((REPO / "configs" / method).glob("cifar10_*.yaml"))
+    from vissl_lite.presets import list_presets
+
+    found = [path for name, path in list_presets(method).items()
+             if name.split("/")[1].startswith("cifar10_")]
     if not found:
-        known = sorted(p.parent.name for p in (REPO / "configs").glob("*/cifar10_*.yaml"))
         raise SystemExit(f"no CIFAR-10 preset for method '{method}' in configs/{method}/; "
-                         f"methods with one: {', '.join(known)}")
+                         f"methods with one: {', '.join(cifar10_methods())}")
     return found[0]
 
 

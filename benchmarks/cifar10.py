@@ -44,11 +44,10 @@ from typing import Any, Dict, List, Optional
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (check_data, command_line, default_data, device_description,  # noqa: E402
+from _common import (check_data, cifar10_methods, command_line, default_data, device_description,  # noqa: E402
                      emit_result, fmt_rate, markdown_table, memory_label, peak_memory_gb, pick_device,
                      preset, reset_peak_memory, run_child, sync, write_text)
 
-METHODS = ("simclr", "barlow_twins", "dino", "mae", "ijepa")
 LIGHTLY_REFERENCE = {"simclr": 0.848, "barlow_twins": 0.819, "dino": 0.813}
 
 
@@ -199,7 +198,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n")[-1])
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), help="default: %(default)s")
+    ap.add_argument("--methods", nargs="+", default=cifar10_methods(), metavar='METHOD',
+                    help="default: every method with a CIFAR-10 preset (%(default)s)")
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--subset", type=int, nargs="+", default=None, metavar="N",

@@ -17,8 +17,13 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from omegaconf import OmegaConf
+
 from vissl_lite import __version__
+from vissl_lite.config import load_config
+from vissl_lite.engine.trainer import Trainer
 from vissl_lite.errors import VisslLiteError
+from vissl_lite.eval.cli import add_eval_arguments, run_eval_cli
 from vissl_lite.presets import list_presets
 from vissl_lite.registry import ALL_REGISTRIES, EVALUATORS, METHODS
 
@@ -36,19 +41,12 @@ key with its resolved value. resume=auto continues from OUTPUT_DIR/checkpoints/l
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from vissl_lite.config import load_config
-    from vissl_lite.engine import Trainer
-
     cfg = load_config(args.config, args.overrides)
     Trainer(cfg).fit()
     return 0
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from omegaconf import OmegaConf
-
-    from vissl_lite.config import load_config
-
     cfg = load_config(args.config, args.overrides, require=())
     print(OmegaConf.to_yaml(cfg), end="")
     return 0
@@ -86,8 +84,6 @@ def _display(path: Path) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from vissl_lite.eval.cli import run_eval_cli
-
     return run_eval_cli(args) or 0
 
 
@@ -111,7 +107,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint's frozen encoder",
                        description="Evaluate the frozen encoder of a pretraining checkpoint "
                                    "(or random:<backbone> for a random-init baseline).")
-    from vissl_lite.eval.cli import add_eval_arguments
     add_eval_arguments(p)
     p.set_defaults(func=cmd_eval)
 

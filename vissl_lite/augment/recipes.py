@@ -41,7 +41,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, List, Optional, Sequence, Tuple
 
-from vissl_lite.augment.spec import ViewSpec
+from vissl_lite.augment.spec import RECIPE_DEFAULTS, ViewSpec
 from vissl_lite.errors import AugmentConfigError
 
 SMALL_INPUT = 64
@@ -52,10 +52,6 @@ DATASET_STATS = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "imagenet": IMAGENET_STATS,
 }
-
-SIMCLR_JITTER = (0.8, 0.8, 0.8, 0.2)
-BYOL_JITTER = (0.4, 0.4, 0.2, 0.1)
-
 
 @dataclass(frozen=True)
 class ViewParams:
@@ -141,7 +137,7 @@ def resolve_views(spec: ViewSpec, aug_cfg: Any = None, image_size: int = 224,
         raise AugmentConfigError(f"image_size={image_size!r}: pass the data's image size (e.g. 32 "
                                  f"for CIFAR, 224 for ImageNet)")
     small = image_size <= SMALL_INPUT
-    recipe = spec.recipe
+    recipe = RECIPE_DEFAULTS[spec.recipe]
     num_local = _get(aug_cfg, "num_local")
     num_local = spec.num_local if num_local is None else int(num_local)
     if num_local < 0:
@@ -151,14 +147,11 @@ def resolve_views(spec: ViewSpec, aug_cfg: Any = None, image_size: int = 224,
     local_default = 96 if global_size >= 160 else max(global_size // 2, 4)
     local_size = int(_get(aug_cfg, "local_size") or local_default)
 
-    scale_default = {"simclr": (0.08, 1.0), "byol": (0.08, 1.0), "dino": (0.4, 1.0),
-                     "mae": (0.2, 1.0), "ijepa": (0.3, 1.0)}[recipe]
-    global_scale = _pair("global_scale", _get(aug_cfg, "global_scale") or scale_default, hi=1.0)
+    global_scale = _pair("global_scale", _get(aug_cfg, "global_scale") or recipe.global_scale, hi=1.0)
     local_scale = _pair("local_scale", _get(aug_cfg, "local_scale") or (0.05, 0.4), hi=1.0)
 
-    colour = recipe in ("simclr", "byol", "dino")
-    base_jitter = SIMCLR_JITTER if recipe == "simclr" else BYOL_JITTER
-    strength = 0.5 if (recipe == "simclr" and small) else 1.0
+    base_jitter = recipe.jitter
+    strength = recipe.small_jitter_strength if small else 1.0
     jitter = _get(aug_cfg, "jitter")
     if jitter is not None:
         jitter = tuple(float(v) for v in jitter)
@@ -179,15 +172,11 @@ def resolve_views(spec: ViewSpec, aug_cfg: Any = None, image_size: int = 224,
         return _prob(key, default if value is None else value)
 
     n_glob = spec.num_global
-    if small or recipe in ("mae", "ijepa"):
-        blur_default, local_blur_default = [0.0], 0.0
-    elif recipe == "simclr":
-        blur_default, local_blur_default = [0.5], 0.5
-    else:
-        blur_default, local_blur_default = [1.0, 0.1], 0.5
-    solarize_default = [0.0, 0.2] if recipe in ("byol", "dino") else [0.0]
+    blur_default = [0.0] if small else list(recipe.blur_p)
+    local_blur_default = 0.0 if small else recipe.local_blur_p
     blur_ps = _per_view("blur_p", _get(aug_cfg, "blur_p"), blur_default, n_glob)
-    solarize_ps = _per_view("solarize_p", _get(aug_cfg, "solarize_p"), solarize_default, n_glob)
+    solarize_ps = _per_view("solarize_p", _get(aug_cfg, "solarize_p"), list(recipe.solarize_p),
+                            n_glob)
 
     mean, std = default_mean_std(dataset, image_size)
     mean = tuple(float(v) for v in (_get(aug_cfg, "mean") or mean))
@@ -196,12 +185,12 @@ def resolve_views(spec: ViewSpec, aug_cfg: Any = None, image_size: int = 224,
         _fail("mean/std", (list(mean), list(std)), "give three values each, std > 0")
 
     common = dict(
-        flip_p=p("flip_p", 0.0 if recipe == "ijepa" else 0.5),
-        jitter_p=p("jitter_p", 0.8 if colour else 0.0),
+        flip_p=p("flip_p", recipe.flip_p),
+        jitter_p=p("jitter_p", recipe.jitter_p),
         jitter=jitter,
-        grayscale_p=p("grayscale_p", 0.2 if colour else 0.0),
+        grayscale_p=p("grayscale_p", recipe.grayscale_p),
         blur_sigma=_pair("blur_sigma", _get(aug_cfg, "blur_sigma") or (0.1, 2.0)),
-        interpolation="bicubic" if recipe == "mae" else "bilinear",
+        interpolation=recipe.interpolation,
         mean=mean, std=std,
     )
     views = [ViewParams(size=global_size, scale=global_scale, blur_p=blur_ps[i],

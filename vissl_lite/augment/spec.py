@@ -7,8 +7,45 @@ config, whose unset (null) values fall back to the recipe's published defaults f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Tuple
 
-RECIPES = ("simclr", "byol", "dino", "mae", "ijepa")
+SIMCLR_JITTER = (0.8, 0.8, 0.8, 0.2)
+BYOL_JITTER = (0.4, 0.4, 0.2, 0.1)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One paper's augmentation defaults; ``augment.*`` config values override them.
+
+    ``blur_p`` and ``solarize_p`` are per global view (one value: every view); blur applies to
+    large inputs only (> 64 px). ``small_jitter_strength`` scales the colour jitter on small
+    inputs. Sources are in ``recipes.py``'s module docstring.
+    """
+
+    global_scale: Tuple[float, float]
+    jitter: Tuple[float, float, float, float] = BYOL_JITTER
+    jitter_p: float = 0.0
+    grayscale_p: float = 0.0
+    small_jitter_strength: float = 1.0
+    blur_p: Tuple[float, ...] = (0.0,)
+    local_blur_p: float = 0.0
+    solarize_p: Tuple[float, ...] = (0.0,)
+    flip_p: float = 0.5
+    interpolation: str = "bilinear"
+
+
+#: the one table of recipe defaults: a method's ViewSpec names a row
+RECIPE_DEFAULTS = {
+    "simclr": Recipe((0.08, 1.0), SIMCLR_JITTER, jitter_p=0.8, grayscale_p=0.2,
+                     small_jitter_strength=0.5, blur_p=(0.5,), local_blur_p=0.5),
+    "byol": Recipe((0.08, 1.0), BYOL_JITTER, jitter_p=0.8, grayscale_p=0.2, blur_p=(1.0, 0.1),
+                   local_blur_p=0.5, solarize_p=(0.0, 0.2)),
+    "dino": Recipe((0.4, 1.0), BYOL_JITTER, jitter_p=0.8, grayscale_p=0.2, blur_p=(1.0, 0.1),
+                   local_blur_p=0.5, solarize_p=(0.0, 0.2)),
+    "mae": Recipe((0.2, 1.0), interpolation="bicubic"),
+    "ijepa": Recipe((0.3, 1.0), flip_p=0.0),
+}
+RECIPES = tuple(RECIPE_DEFAULTS)
 
 
 @dataclass(frozen=True)

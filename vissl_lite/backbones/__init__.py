@@ -7,20 +7,10 @@ torchvision or timm (the modules below load them on first use).
 """
 from __future__ import annotations
 
-from vissl_lite.errors import BackboneError
+from vissl_lite.backbones.pos_embed import sincos_2d_pos_embed
+from vissl_lite.backbones.weights import load_pretrained_weights
 from vissl_lite.backbones.zoo import build_backbone, build_backbone_from_config
+from vissl_lite.errors import BackboneError
 
 __all__ = ["BackboneError", "build_backbone", "build_backbone_from_config",
            "load_pretrained_weights", "sincos_2d_pos_embed"]
-
-
-def __getattr__(name: str):
-    if name == "load_pretrained_weights":
-        from vissl_lite.backbones.weights import load_pretrained_weights
-
-        return load_pretrained_weights
-    if name == "sincos_2d_pos_embed":
-        from vissl_lite.backbones.pos_embed import sincos_2d_pos_embed
-
-        return sincos_2d_pos_embed
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

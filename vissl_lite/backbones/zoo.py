@@ -13,6 +13,7 @@ import inspect
 from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional
 
 from vissl_lite.backbones.config import BackboneConfig
+from vissl_lite.backbones.weights import load_pretrained_weights
 from vissl_lite.errors import BackboneError, ConfigError, RegistryError
 from vissl_lite.registry import BACKBONES
 
@@ -106,8 +107,6 @@ def build_backbone(name: str, pretrained_path: Optional[str] = None, **kw) -> nn
     builder = _get_builder(name)
     model = builder(**_options_for(name, builder, kw, BackboneError, ""))
     if pretrained_path:
-        from vissl_lite.backbones.weights import load_pretrained_weights
-
         load_pretrained_weights(model, pretrained_path)
     return model
 
@@ -127,7 +126,5 @@ def build_backbone_from_config(backbone_cfg, image_size: Optional[int] = None) -
         values["img_size"] = image_size
     model = builder(**_options_for(name, builder, values, ConfigError, "backbone."))
     if pretrained_path:
-        from vissl_lite.backbones.weights import load_pretrained_weights
-
         load_pretrained_weights(model, pretrained_path)
     return model

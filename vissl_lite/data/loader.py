@@ -22,7 +22,9 @@ from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from vissl_lite.augment import build_cpu_views, build_gpu_views
 from vissl_lite.config import data_image_size
+from vissl_lite.data import UInt8TensorDataset, build_dataset, load_uint8
 from vissl_lite.engine.rng import derive_seed
 from vissl_lite.errors import ConfigError
 
@@ -170,10 +172,8 @@ def build_train_loader(cfg, views_spec, rank: int, world_size: int, device: torc
         if dataset is not None and hasattr(dataset, "images"):
             images, labels = dataset.images, dataset.labels
         else:
-            from vissl_lite.data import load_uint8
             images, labels = load_uint8(cfg.data, "train")     # data.subset applied there
         if transform is None:
-            from vissl_lite.augment import build_gpu_views
             transform = build_gpu_views(views_spec, cfg.augment, image_size)
         return DeviceLoader(images, labels, transform, batch_size, rank, world_size, cfg.seed,
                             device)
@@ -182,14 +182,11 @@ def build_train_loader(cfg, views_spec, rank: int, world_size: int, device: torc
 
     if dataset is None:
         if cfg.data.in_memory:
-            from vissl_lite.data import UInt8TensorDataset, load_uint8
             images, labels = load_uint8(cfg.data, "train")
             dataset = UInt8TensorDataset(images, labels)
         else:
-            from vissl_lite.data import build_dataset
             dataset = build_dataset(cfg.data, "train")         # data.subset applied there
     if transform is None:
-        from vissl_lite.augment import build_cpu_views
         transform = build_cpu_views(views_spec, cfg.augment, image_size)
     return CPULoader(dataset, transform, batch_size, rank, world_size, cfg.seed,
                      num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
