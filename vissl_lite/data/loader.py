@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from vissl_lite.engine.rng import derive_seed
+from vissl_lite.rng import derive_seed
 
 
 _PERMUTATION, _AUGMENT, _GPU_AUGMENT = 1, 2, 3

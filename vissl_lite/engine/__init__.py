@@ -2,19 +2,50 @@
 
 ``Trainer(cfg).fit()`` pretrains any registered ``Method``; ``load_pretrained(path)`` rebuilds a
 trained method from its checkpoint for evaluation.
-"""
-from vissl_lite.engine.checkpoint import (CheckpointError, CheckpointManager, atomic_save,
-                                          load_checkpoint, load_pretrained)
-from vissl_lite.engine.ema import ema_update
-from vissl_lite.engine.optim import LARS, build_optimizer, param_groups, scaled_lr
-from vissl_lite.engine.rng import seed_everything
-from vissl_lite.engine.schedules import (ParamScheduler, cosine_schedule, linear_schedule,
-                                         warmup_cosine_schedule)
-from vissl_lite.engine.trainer import NonFiniteLossError, Trainer
 
-__all__ = [
-    "Trainer", "NonFiniteLossError", "load_checkpoint", "load_pretrained", "CheckpointError",
-    "CheckpointManager", "atomic_save", "LARS", "build_optimizer", "param_groups", "scaled_lr",
-    "ParamScheduler", "cosine_schedule", "linear_schedule", "warmup_cosine_schedule",
-    "ema_update", "seed_everything",
-]
+The names below are loaded on first use (PEP 562): ``vissl_lite.config`` imports the schema module
+``vissl_lite.engine.config`` from the bottom of the import graph, and loading this package must not
+pull the trainer (which imports methods, data and eval) in with it. ``seed_everything``,
+``ema_update`` and the schedule formulas live lower down (``vissl_lite.rng``,
+``vissl_lite.methods.ema``, ``vissl_lite.schedules``) and stay importable from here.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Trainer": "vissl_lite.engine.trainer",
+    "TrainState": "vissl_lite.engine.state",
+    "NonFiniteLossError": "vissl_lite.errors",
+    "CheckpointError": "vissl_lite.errors",
+    "load_checkpoint": "vissl_lite.engine.checkpoint",
+    "load_pretrained": "vissl_lite.engine.checkpoint",
+    "CheckpointManager": "vissl_lite.engine.checkpoint",
+    "atomic_save": "vissl_lite.engine.checkpoint",
+    "LARS": "vissl_lite.engine.optim",
+    "build_optimizer": "vissl_lite.engine.optim",
+    "param_groups": "vissl_lite.engine.optim",
+    "scaled_lr": "vissl_lite.engine.optim",
+    "ParamScheduler": "vissl_lite.engine.schedules",
+    "cosine_schedule": "vissl_lite.schedules",
+    "linear_schedule": "vissl_lite.schedules",
+    "warmup_cosine_schedule": "vissl_lite.schedules",
+    "ema_update": "vissl_lite.methods.ema",
+    "seed_everything": "vissl_lite.rng",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vissl_lite.engine' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

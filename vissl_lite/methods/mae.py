@@ -31,7 +31,7 @@ from torch import nn
 
 from vissl_lite.augment.masks import random_patch_mask
 from vissl_lite.augment.spec import ViewSpec
-from vissl_lite.config import ConfigError
+from vissl_lite.errors import ConfigError
 from vissl_lite.methods.base import Method, StepOutput
 from vissl_lite.methods.vit_blocks import TransformerStack, fixed_pos_embed
 from vissl_lite.registry import METHODS
