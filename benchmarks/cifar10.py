@@ -91,7 +91,7 @@ class Evaluator:
 
 def run_method(job: Dict[str, Any]) -> Dict[str, Any]:
     from vissl_lite.config import load_config
-    from vissl_lite.engine.rng import preserved_rng
+    from vissl_lite.rng import preserved_rng
     from vissl_lite.engine.trainer import Trainer
 
     cfg = load_config(preset(job["method"]), job["overrides"])

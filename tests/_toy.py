@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vissl_lite.augment.spec import ViewSpec  # noqa: E402
 from vissl_lite.distributed import gather_with_grad  # noqa: E402
-from vissl_lite.engine.schedules import cosine_schedule  # noqa: E402
+from vissl_lite.schedules import cosine_schedule  # noqa: E402
 from vissl_lite.methods.base import Method, StepOutput  # noqa: E402
 from vissl_lite.registry import METHODS  # noqa: E402
 

@@ -8,8 +8,9 @@ import torch
 
 import _toy
 from vissl_lite.config import ConfigError
-from vissl_lite.engine import CheckpointError, NonFiniteLossError, Trainer, load_checkpoint
-from vissl_lite.engine.schedules import warmup_cosine_schedule
+from vissl_lite.engine import CheckpointError, NonFiniteLossError, load_checkpoint
+from vissl_lite.engine.runtime import micro_batch_size
+from vissl_lite.schedules import warmup_cosine_schedule
 
 
 def _same_tensors(a: dict, b: dict) -> bool:
@@ -46,14 +47,14 @@ def test_run_folder_metrics_and_logged_schedule(tmp_path):
         assert r["img_per_s"] > 0 and r["loss"] > 0 and "z_std" in r
     assert epochs[-1]["epoch_loss"] == pytest.approx(sum(r["loss"] for r in steps[4:]) / 4)
     assert result["step"] == 8 and result["loss"] == pytest.approx(epochs[-1]["epoch_loss"])
-    assert (tmp_path / "checkpoints" / "best.pt").is_file()
+    assert not (tmp_path / "checkpoints" / "best.pt").exists()    # best.pt follows a monitor metric
 
 
 def test_non_finite_loss_stops_with_step_and_last_checkpoint(tmp_path):
     with pytest.raises(NonFiniteLossError) as err:
         _toy.run(tmp_path, "method.nan_at_step=5", "checkpoint.every_steps=2")
     message = str(err.value)
-    assert "non-finite loss=nan at step 5" in message
+    assert "non-finite loss=nan at step 6" in message
     assert str(tmp_path / "checkpoints" / "last.pt") in message
     assert "optim.lr" in message and "train.skip_nonfinite=true" in message
     assert load_checkpoint(tmp_path)["step"] == 4
@@ -73,7 +74,7 @@ def test_batch_size_errors_are_clear(tmp_path):
         _toy.run(tmp_path, "train.batch_size=10", "train.accumulate=4")
     cfg = _toy.toy_config(tmp_path, "method.batch_norm=true")
     with pytest.raises(ConfigError, match="batch norm needs >= 2 samples per rank.*16 rank"):
-        Trainer(cfg)._batch_sizes(_toy.build_toy(cfg), world=16)
+        micro_batch_size(cfg, _toy.build_toy(cfg), world=16)
 
 
 def test_resume_refuses_another_backbone(tmp_path):
@@ -106,8 +107,8 @@ def test_default_wandb_offline_run_keeps_its_id_on_resume(tmp_path, monkeypatch)
 
 def test_non_finite_loss_found_between_log_steps_is_caught_before_a_save(tmp_path):
     """With log_every=4 the loss is read back at the checkpoint after step 6, not after each step:
-    the run still names step 5 and never writes a checkpoint with the NaN weights."""
-    with pytest.raises(NonFiniteLossError, match="non-finite loss=nan at step 5"):
+    the run still names step 6 (1-based, as in metrics.jsonl) and never writes a checkpoint with the NaN weights."""
+    with pytest.raises(NonFiniteLossError, match="non-finite loss=nan at step 6"):
         _toy.run(tmp_path, "method.nan_at_step=5", "checkpoint.every_steps=2", "train.log_every=4")
     last = load_checkpoint(tmp_path)
     assert last["step"] == 4

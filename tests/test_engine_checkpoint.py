@@ -10,7 +10,7 @@ import torch
 import _toy
 from vissl_lite.engine import checkpoint as ckpt_mod
 from vissl_lite.engine import CheckpointError, CheckpointManager, load_checkpoint, load_pretrained
-from vissl_lite.engine.rng import rng_state, set_rng_state
+from vissl_lite.rng import rng_state, set_rng_state
 
 
 def _state(value: float, step: int = 0) -> dict:

@@ -46,6 +46,7 @@ class ExperimentConfig:
     deterministic: bool = False
     output_dir: str = "runs/${method.name}_${backbone.name}"
     resume: Optional[str] = None      # null | auto | path to a checkpoint
+    overwrite: bool = False           # a new run may delete the run files already in output_dir
 
 
 REQUIRED = ("data.root",)
@@ -58,6 +59,18 @@ CHOICES = {
     "optim.name": ("sgd", "adamw", "lars"),
     "logger.wandb.mode": ("online", "offline", "disabled"),
     "backbone.global_pool": ("avg", "token"),
+    "checkpoint.best_metric": ("knn_top1", "knn_top5", "rankme", "online_linear_top1",
+                               "online_linear_top5"),
+}
+
+#: numeric keys that pass type validation but must not go below a bound (null values are skipped)
+MINIMUMS = {
+    "optim.lr": 0,
+    "optim.weight_decay": 0,
+    "data.num_workers": 0,
+    "data.image_size": 1,
+    "train.epochs": 1,
+    "train.max_steps": 1,
 }
 
 
@@ -182,6 +195,10 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[st
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"invalid value {key}={value!r}: choose one of {', '.join(allowed)}")
+    for key, minimum in MINIMUMS.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value < minimum:
+            raise ConfigError(f"invalid value {key}={value!r}: it must be >= {minimum}")
     try:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:

@@ -17,6 +17,7 @@ seen, and the result does not depend on ``num_workers``.
 from __future__ import annotations
 
 import random
+import signal
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
 import torch
@@ -25,11 +26,18 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from vissl_lite.augment import build_cpu_views, build_gpu_views
 from vissl_lite.config import data_image_size
 from vissl_lite.data import UInt8TensorDataset, build_dataset, load_uint8
-from vissl_lite.engine.rng import derive_seed
+from vissl_lite.rng import derive_seed
 from vissl_lite.errors import ConfigError
 
 
 _PERMUTATION, _AUGMENT, _GPU_AUGMENT = 1, 2, 3
+
+
+def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
+    """SIGTERM/SIGUSR1 sent to the whole process group (``timeout``, SLURM, ``scancel``) must not
+    kill the workers before the main process has written its checkpoint; it shuts them down."""
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 class _SeededViews(Dataset):
@@ -100,6 +108,7 @@ class CPULoader:
             _SeededViews(dataset, transform), batch_size=batch_size, sampler=self.sampler,
             num_workers=num_workers, pin_memory=pin_memory, drop_last=True,
             persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed),
+            worker_init_fn=_leave_stop_signals_to_the_trainer,
             prefetch_factor=4 if num_workers > 0 else None)
 
     def __len__(self) -> int:

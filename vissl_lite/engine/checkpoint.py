@@ -11,11 +11,12 @@ Everything stored is a tensor or a Python primitive, so ``torch.load(weights_onl
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -26,20 +27,37 @@ LAST, BEST = "last.pt", "best.pt"
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to ``path`` through a temporary file and a rename (all or nothing)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` to write in the block, then renamed over ``path``.
+
+    A failed write (disk full, folder gone read-only) leaves no temporary file and the previous
+    ``path`` as it was, and ends in a ``CheckpointError`` naming the path and the fix.
+    """
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            tmp.unlink()
+        yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        raise CheckpointError(
+            f"cannot write checkpoint {path}: {e.strerror or e or type(e).__name__}; the previous "
+            f"checkpoint is intact. Free space on that disk or set output_dir to a writable folder "
+            f"with room, then continue with resume=auto") from None
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to ``path`` through a temporary file and a rename (all or nothing)."""
+    path = Path(path)
+    with _replacing(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
     _fsync_dir(path.parent)
 
 
@@ -58,14 +76,11 @@ def _fsync_dir(folder: Path) -> None:
 
 def _atomic_link(src: Path, dst: Path) -> None:
     """Make ``dst`` a copy of ``src`` (a hard link when the file system allows), atomically."""
-    tmp = dst.with_name(f".{dst.name}.tmp.{os.getpid()}")
-    if tmp.exists():
-        tmp.unlink()
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with _replacing(dst) as tmp:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Dict[str, Any]:

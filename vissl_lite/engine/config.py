@@ -35,6 +35,7 @@ class TrainConfig:
     sync_bn: bool = False             # SyncBatchNorm across ranks (GPU only)
     find_unused_parameters: bool = False  # DDP: set when some trainable parameters get no grad
     skip_nonfinite: bool = False      # skip a step with a non-finite loss/grad instead of stopping
+    max_consecutive_skips: int = 20   # with skip_nonfinite: stop after this many skips in a row
     device: str = "auto"              # auto | cpu | cuda
     log_every: int = 10
 
@@ -45,7 +46,7 @@ class CheckpointConfig:
     every_steps: Optional[int] = None
     keep_last: int = 2
     save_best: bool = True
-    best_metric: str = "loss"         # a logged metric; "loss" is minimised, others maximised
+    best_metric: str = "knn_top1"     # a monitor metric (maximised); best.pt needs the monitor on
 
 
 @dataclass

@@ -19,6 +19,8 @@ from typing import Dict, Iterable, List
 import torch
 from torch import nn
 
+from vissl_lite.errors import ConfigError
+
 
 class LARS(torch.optim.Optimizer):
     """Layer-wise Adaptive Rate Scaling; see the module docstring for the update."""
@@ -31,28 +33,35 @@ class LARS(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """One update of every group with ``torch._foreach_*`` kernels (no per-parameter loop of
+        kernels, nothing read back to the host: the trust ratios stay on the device)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for w in group["params"]:
-                if w.grad is None:
-                    continue
-                g = w.grad
-                if not group["lars_exclude"]:
-                    g = g.add(w, alpha=group["weight_decay"])
-                    w_norm, g_norm = torch.linalg.vector_norm(w), torch.linalg.vector_norm(g)
-                    trust = torch.where((w_norm > 0) & (g_norm > 0),
-                                        group["eta"] * w_norm / g_norm, torch.ones_like(w_norm))
-                    g = g.mul(trust)
-                state = self.state[w]
-                if "mu" not in state:
-                    state["mu"] = torch.zeros_like(w)
-                mu = state["mu"]
-                mu.mul_(group["momentum"]).add_(g)
-                w.add_(mu, alpha=-group["lr"])
+            params = [w for w in group["params"] if w.grad is not None]
+            if not params:
+                continue
+            grads = [w.grad for w in params]
+            if not group["lars_exclude"]:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+                w_norm = torch.stack(torch._foreach_norm(params))
+                g_norm = torch.stack(torch._foreach_norm(grads))
+                trust = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm,
+                                    torch.ones_like(w_norm))
+                torch._foreach_mul_(grads, trust.unbind(0))
+            mus = [self._momentum_buffer(w) for w in params]
+            torch._foreach_mul_(mus, group["momentum"])
+            torch._foreach_add_(mus, grads)
+            torch._foreach_add_(params, mus, alpha=-group["lr"])
         return loss
+
+    def _momentum_buffer(self, w: torch.Tensor) -> torch.Tensor:
+        state = self.state[w]
+        if "mu" not in state:
+            state["mu"] = torch.zeros_like(w)
+        return state["mu"]
 
 
 def _no_weight_decay_names(model: nn.Module) -> set:
@@ -95,19 +104,22 @@ OPTIMIZERS = ("sgd", "adamw", "lars")
 
 
 def build_optimizer(optim_cfg, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """The optimizer named by ``optim.name`` over ``param_groups(model)``; ``lr`` is already scaled."""
-    from vissl_lite.errors import ConfigError
+    """The optimizer named by ``optim.name`` over ``param_groups(model)``; ``lr`` is already scaled.
 
+    SGD and AdamW are fused when the parameters are on a GPU; LARS uses foreach kernels.
+    """
     name = str(optim_cfg.name).lower()
     groups = param_groups(model, optim_cfg.weight_decay, optim_cfg.exclude_bias_and_norm)
     if not any(g["params"] for g in groups):
         raise ConfigError("the model has no trainable parameters (all requires_grad=False)")
+    # on a GPU, one fused kernel for all parameters (it also lets an fp16 GradScaler skip its sync)
+    fused = {"fused": True} if all(p.is_cuda for g in groups for p in g["params"]) else {}
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=optim_cfg.momentum,
-                               weight_decay=optim_cfg.weight_decay)
+                               weight_decay=optim_cfg.weight_decay, **fused)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(optim_cfg.betas),
-                                 weight_decay=optim_cfg.weight_decay)
+                                 weight_decay=optim_cfg.weight_decay, **fused)
     if name == "lars":
         return LARS(groups, lr=lr, weight_decay=optim_cfg.weight_decay,
                     momentum=optim_cfg.momentum, eta=optim_cfg.lars_eta)

@@ -7,7 +7,8 @@ The subsets are decoded once into uint8 tensors at the evaluation size and norma
 device, so a run costs one forward pass over ``train_subset + test_subset`` images.
 
 ``OnlineLinearHead`` is solo-learn's online linear classifier: a linear layer with its own SGD
-optimizer, trained at every step on detached backbone features and the batch labels. Labels
+optimizer, trained at every step (the trainer calls ``step`` with ``StepOutput.embedding``, the
+detached backbone features of the first global view) on those features and the batch labels. Labels
 never reach the SSL loss; the head only reports how linearly separable the features are now.
 """
 from __future__ import annotations
@@ -52,21 +53,35 @@ class OnlineLinearHead(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.linear(features.detach().float())
 
-    def update(self, features: torch.Tensor, labels: torch.Tensor) -> Dict[str, float]:
-        keep = labels >= 0
-        features, labels = features[keep], labels[keep].long()
+    def step(self, features: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """One SGD step; the batch's loss and top-1 (%) before it, as 0-d device tensors.
+
+        Nothing is read back to the host and no shape depends on the data (unlabeled samples are
+        masked out of the mean, not removed), so the trainer can call it in every step.
+        """
+        labels = labels.long()
+        keep = (labels >= 0).float()
+        count = keep.sum().clamp(min=1.0)
         self.train()
         with torch.enable_grad(), torch.autocast(features.device.type, enabled=False):
             logits = self(features)
-            loss = F.cross_entropy(logits, labels) if len(labels) else logits.sum() * 0.0
+            per_sample = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
+            loss = (per_sample * keep).sum() / count
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
         for p in self.linear.parameters():
             if p.grad is not None:
                 dist.all_reduce_mean(p.grad)
         self.optimizer.step()
-        top1 = topk_accuracy(logits.detach(), labels, (1,))[1] if len(labels) else float("nan")
-        return {"online_linear_loss": float(loss.detach()), "online_linear_top1": top1}
+        correct = ((logits.detach().argmax(dim=1) == labels).float() * keep).sum()
+        return {"online_linear_loss": loss.detach(), "online_linear_top1": 100.0 * correct / count}
+
+    def update(self, features: torch.Tensor, labels: torch.Tensor) -> Dict[str, float]:
+        """``step`` with its numbers as Python floats (top-1 is nan without labelled samples)."""
+        out = {k: float(v) for k, v in self.step(features, labels).items()}
+        if not bool((labels >= 0).any()):
+            out["online_linear_top1"] = float("nan")
+        return out
 
     @torch.no_grad()
     def evaluate(self, features: torch.Tensor, labels: torch.Tensor) -> Dict[str, float]:

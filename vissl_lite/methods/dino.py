@@ -27,7 +27,7 @@ from torch import nn
 
 from vissl_lite.augment.spec import ViewSpec
 from vissl_lite.distributed import all_reduce_mean
-from vissl_lite.engine.ema import ema_update
+from vissl_lite.methods.ema import ema_update
 from vissl_lite.methods.base import Method, StepOutput
 from vissl_lite.methods.heads import DINOHead
 from vissl_lite.registry import METHODS

@@ -3,9 +3,11 @@
     target <- m * target + (1 - m) * online        (Grill et al. 2020, eq. 1)
 
 with ``m`` usually following ``cosine_schedule(step, total, m_base, 1.0)``. Parameters are
-averaged. Buffers (batch-norm statistics) are copied from the online network by default (I-JEPA's
-target encoder has no forward of its own in training mode); ``copy_buffers=False`` leaves them to
-the target's own forward passes, as facebookresearch/dino does for its teacher.
+averaged with one fused ``torch._foreach_lerp_`` over all of them (no Python loop of kernels;
+``m`` may be a Python float, so nothing is built on or read from the device). Buffers (batch-norm
+statistics) are copied from the online network by default (I-JEPA's target encoder has no forward
+of its own in training mode); ``copy_buffers=False`` leaves them to the target's own forward passes,
+as facebookresearch/dino does for its teacher.
 """
 from __future__ import annotations
 
@@ -16,12 +18,12 @@ from torch import nn
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, momentum: float,
                copy_buffers: bool = True) -> None:
-    t_params = [p for p in target.parameters()]
+    t_params = list(target.parameters())
     o_params = [p.detach() for p in online.parameters()]
     if len(t_params) != len(o_params):
         raise ValueError("ema_update: target and online networks have different parameters")
-    torch._foreach_mul_(t_params, momentum)
-    torch._foreach_add_(t_params, o_params, alpha=1.0 - momentum)
+    torch._foreach_lerp_(t_params, o_params, 1.0 - momentum)
     if copy_buffers:
-        for t_buf, o_buf in zip(target.buffers(), online.buffers()):
-            t_buf.copy_(o_buf)
+        t_bufs, o_bufs = list(target.buffers()), list(online.buffers())
+        if t_bufs:
+            torch._foreach_copy_(t_bufs, o_bufs)
