@@ -61,8 +61,12 @@ def imports(path: Path) -> List[Tuple[str, bool]]:
     """``(imported vissl_lite module, at module level?)`` for every import in the file."""
     tree = ast.parse(path.read_text())
     top_level = {id(node) for node in tree.body}
+    typing_only = {id(n) for node in tree.body if isinstance(node, ast.If)
+                   and getattr(node.test, "id", "") == "TYPE_CHECKING" for n in ast.walk(node)}
     found = []
     for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             submodules = [f"{node.module}.{a.name}" for a in node.names
                           if _is_module(f"{node.module}.{a.name}")]

@@ -92,10 +92,10 @@ def test_rng_state_round_trip_through_a_weights_only_checkpoint(tmp_path):
 
 
 def test_load_pretrained_rebuilds_from_the_checkpoint_config(tmp_path, monkeypatch):
-    import vissl_lite.backbones as backbones
+    import vissl_lite.methods as methods
 
     _toy.run(tmp_path / "run", "train.max_steps=2")
-    monkeypatch.setattr(backbones, "build_backbone_from_config",
+    monkeypatch.setattr(methods, "build_backbone_from_config",
                         lambda cfg, image_size=None: _toy.ToyEncoder(), raising=False)
     method, cfg = load_pretrained(tmp_path / "run" / "checkpoints" / "last.pt")
     saved = load_checkpoint(tmp_path / "run")["model"]
