@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
+from omegaconf import OmegaConf
 
 from vissl_lite.errors import CheckpointError
+from vissl_lite.methods import build_method
 
 FORMAT_VERSION = 1
 LAST, BEST = "last.pt", "best.pt"
@@ -176,17 +178,13 @@ def load_pretrained(path: str | os.PathLike, map_location: Any = "cpu") -> Tuple
 
     Returns ``(method, cfg)`` with the method in eval mode on ``map_location``.
     """
-    from omegaconf import OmegaConf
-
-    import vissl_lite.methods as methods
-
     ckpt = load_checkpoint(path, map_location="cpu")
     cfg = OmegaConf.create(ckpt["config"])
     OmegaConf.set_readonly(cfg, False)
     if "backbone" in cfg and "pretrained_path" in cfg.backbone:
         cfg.backbone.pretrained_path = None  # the weights come from the checkpoint
     OmegaConf.set_readonly(cfg, True)
-    method = methods.build_method(cfg)
+    method = build_method(cfg)
     missing, unexpected = method.load_state_dict(ckpt["model"], strict=False)
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {path} does not fit the model rebuilt from its config "
