@@ -91,8 +91,8 @@ class Evaluator:
 
 def run_method(job: Dict[str, Any]) -> Dict[str, Any]:
     from vissl_lite.config import load_config
-    from vissl_lite.rng import preserved_rng
     from vissl_lite.engine.trainer import Trainer
+    from vissl_lite.rng import preserved_rng
 
     cfg = load_config(preset(job["method"]), job["overrides"])
     curve: List[Dict[str, Any]] = []
@@ -105,13 +105,13 @@ def run_method(job: Dict[str, Any]) -> Dict[str, Any]:
 
         def _end_epoch(self, force_save: bool = False) -> None:
             super()._end_epoch(force_save)
-            epoch, last = self.state["epoch"], self.state["step"] >= self.ctx["total_steps"]
+            epoch, last = self.state.epoch, self.state.step >= self.components.total_steps
             every = job["eval_every"]
             if last or (every and epoch % every == 0):
                 self.evaluate()
 
         def evaluate(self) -> None:
-            device, method = self.ctx["device"], self.ctx["method"]
+            device, method = self.components.runtime.device, self.components.method
             sync(device)
             now = time.perf_counter()
             wall = now - clock["start"] - clock["eval"]
@@ -122,9 +122,9 @@ def run_method(job: Dict[str, Any]) -> Dict[str, Any]:
             with preserved_rng():
                 scores = self.evaluator(method.backbone_for_eval())
             method.train()
-            curve.append({"epoch": self.state["epoch"], "step": self.state["step"],
+            curve.append({"epoch": self.state.epoch, "step": self.state.step,
                           "wall_s": wall, **scores})
-            print(f"{job['method']} epoch {self.state['epoch']} step {self.state['step']}: "
+            print(f"{job['method']} epoch {self.state.epoch} step {self.state.step}: "
                   + ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
                   + f" (train wall {wall:.0f} s)", flush=True)
             reset_peak_memory(device)
@@ -138,7 +138,7 @@ def run_method(job: Dict[str, Any]) -> Dict[str, Any]:
     if not curve or curve[-1]["step"] != result["step"]:
         trainer.evaluate()  # training stopped mid-epoch (train.max_steps)
     final = curve[-1]
-    epochs = result["step"] / trainer.ctx["steps_per_epoch"]  # fractional if stopped mid-epoch
+    epochs = result["step"] / trainer.components.steps_per_epoch  # fractional if stopped mid-epoch
     return {"method": job["method"], "backbone": cfg.backbone.name,
             "epochs": int(epochs) if epochs == int(epochs) else round(epochs, 2),
             "steps": result["step"], "batch_size": cfg.train.batch_size,

@@ -88,10 +88,10 @@ def run_ours(job: Dict[str, Any]) -> Dict[str, Any]:
 
         marks: List[float] = []
 
-        def _optimizer_step(self, batches):
-            stats = super()._optimizer_step(batches)
-            device = self.ctx["device"]
-            if len(self.marks) + 1 in (job["warmup"], self.ctx["total_steps"]):
+        def _step(self, batches):
+            stats = super()._step(batches)
+            device = self.components.runtime.device
+            if len(self.marks) + 1 in (job["warmup"], self.components.total_steps):
                 sync(device)
             self.marks.append(time.perf_counter())
             if len(self.marks) == job["warmup"]:
@@ -103,7 +103,7 @@ def run_ours(job: Dict[str, Any]) -> Dict[str, Any]:
         trainer = TimedTrainer(cfg)
         trainer.marks = []
         trainer.fit()
-        device = trainer.ctx["device"]
+        device = trainer.components.runtime.device
         marks = trainer.marks
         timed = len(marks) - job["warmup"]
         if timed < 1:

@@ -106,6 +106,9 @@ def test_a_steady_state_step_reads_nothing_back_from_the_device(tmp_path, overri
     assert "aten::all_reduce" not in recorder.ops and len(recorder.ops) > 50
     assert pending.keys == ["z_std", "online_linear_loss", "online_linear_top1"]
     assert pending.values["temperature"] == pytest.approx(0.1) and pending.packed[2] == 1.0
+    if "optim.name=sgd" in overrides:     # gradients are rescaled only when clipping is on
+        clipping = "train.grad_clip=1.0" in overrides
+        assert ("aten::_foreach_mul_" in recorder.ops) == clipping
 
 
 def test_skip_nonfinite_is_the_opt_in_that_reads_back(tmp_path):

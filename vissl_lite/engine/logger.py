@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from tqdm.auto import tqdm
+
 log = logging.getLogger("vissl_lite")
 
 
@@ -101,7 +103,6 @@ class RunLogger:
 
     def start_progress(self, total: int, initial: int) -> None:
         if self.enabled and self.cfg.progress:
-            from tqdm.auto import tqdm
             self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
                             desc="pretrain")
 
