@@ -235,6 +235,9 @@ class Trainer:
         if ckpt is not None:
             self.logger.info(f"resumed from {ckpt_path} at step {self.state['step']} "
                              f"(epoch {self.state['epoch']}, batch {self.state['batch_in_epoch']})")
+        from vissl_lite.data.loader import describe_train_data
+        self.logger.info(f"device {device}, precision {t.precision}, "
+                         f"{describe_train_data(cfg, loader)}, output {self.output_dir}")
         self.manager = CheckpointManager(self.output_dir / "checkpoints", cfg.checkpoint.keep_last)
         self.last_checkpoint = ckpt_path
         self.ctx = dict(method=method, model=model, optimizer=optimizer, scheduler=scheduler,
@@ -347,6 +350,8 @@ class Trainer:
         result = {"step": s["step"], "epoch": s["epoch"], "skipped_steps": s["skipped_steps"],
                   "checkpoint": str(self.manager.last), "output_dir": str(self.output_dir),
                   "loss": self._last_record.get("loss"), **s["metrics"]}
+        if getattr(c["loader"], "skipped", lambda: 0)():  # data.on_corrupt=skip
+            self.logger.info(f"skipped {c['loader'].skipped()} unreadable image(s)")
         self.logger.info(f"done: {s['step']} steps; checkpoint {self.manager.last}")
         return result
 
@@ -481,6 +486,7 @@ class Trainer:
         if every and every > 0 and (epoch + 1) % every == 0:
             results.update(self._monitor(epoch))
         s["metrics"] = results
+        self.logger.info(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
         self.logger.write({"type": "epoch", "step": s["step"], "epoch": epoch + 1,
                            **{("epoch_loss" if k == "loss" else k): v for k, v in results.items()}})
         is_best = self._is_best(results)
