@@ -4,6 +4,7 @@
     vissl-lite eval EVALUATOR CKPT --data PATH
     vissl-lite config CONFIG [key=value ...]         print the resolved, validated config
     vissl-lite list [methods|backbones|datasets|evaluators|presets] [--markdown]
+    vissl-lite export CKPT --format timm|torchvision|safetensors --out FILE   the encoder alone
 
 User errors (every ``vissl_lite.errors.VisslLiteError``: bad config key, missing data, wrong
 checkpoint) end in one line on stderr and exit status 2; anything else is a bug and keeps its
@@ -85,6 +86,14 @@ def _display(path: Path) -> str:
         return str(path)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from vissl_lite.export import export_backbone
+
+    how = export_backbone(args.checkpoint, args.format, args.out)
+    print(f"wrote the backbone of {args.checkpoint}; load it with:\n{how}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from vissl_lite.eval.cli import run_eval_cli
 
@@ -114,6 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
     from vissl_lite.eval.cli import add_eval_arguments
     add_eval_arguments(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="write a checkpoint's backbone alone (timm, torchvision, "
+                                      "safetensors)",
+                       description="Write the pretrained encoder of a checkpoint alone, loadable "
+                                   "with timm.create_model(..., pretrained_cfg_overlay=dict(file="
+                                   "FILE)), torchvision's load_state_dict or safetensors; prints "
+                                   "the Python that loads it. From Python: "
+                                   "vissl_lite.load_backbone(CHECKPOINT).")
+    p.add_argument("checkpoint", help="a checkpoint .pt file or a run folder")
+    p.add_argument("--format", required=True, choices=["timm", "torchvision", "safetensors"])
+    p.add_argument("--out", required=True, help="output file (.pth, or .safetensors)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("config", help="print a preset's resolved and validated config",
                        description="Load, merge and validate a preset with overrides, print YAML.")
