@@ -5,6 +5,7 @@
     vissl-lite config CONFIG [key=value ...]         print the resolved, validated config
     vissl-lite list [methods|backbones|datasets|evaluators|presets] [--markdown]
     vissl-lite export CKPT --format timm|torchvision|safetensors --out FILE   the encoder alone
+    vissl-lite shard DATA --out DIR --shard-size N     tar shards for data.name=shards
 
 User errors (every ``vissl_lite.errors.VisslLiteError``: bad config key, missing data, wrong
 checkpoint) end in one line on stderr and exit status 2; anything else is a bug and keeps its
@@ -94,6 +95,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shard(args: argparse.Namespace) -> int:
+    from vissl_lite.data.shards import shard_cli
+
+    shard_cli(args.data, args.out, args.shard_size, args.name, args.split)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from vissl_lite.eval.cli import run_eval_cli
 
@@ -135,6 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=["timm", "torchvision", "safetensors"])
     p.add_argument("--out", required=True, help="output file (.pth, or .safetensors)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("shard", help="write a data set as tar shards (data that does not fit in "
+                                     "memory)",
+                       description="Write a data set as webdataset-style tar shards (<key>.jpg + "
+                                   "<key>.cls) with an index.json; train on them with "
+                                   "data.name=shards data.root=DIR.")
+    p.add_argument("data", help="what data.root takes: an ImageFolder dir, a folder of images, a "
+                                ".tar/.tar.gz")
+    p.add_argument("--out", required=True, help="output folder (empty or new)")
+    p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    p.add_argument("--name", default="imagefolder", help="data.name of DATA (default imagefolder; "
+                                                         "folder for unlabelled images)")
+    p.add_argument("--split", default="train", help="split to write (default train)")
+    p.set_defaults(func=cmd_shard)
 
     p = sub.add_parser("config", help="print a preset's resolved and validated config",
                        description="Load, merge and validate a preset with overrides, print YAML.")

@@ -21,4 +21,5 @@ class DataConfig:
     in_memory: bool = False           # decode once into a uint8 tensor (cached on disk)
     cache_dir: Optional[str] = None   # uint8 cache; null: $VISSL_LITE_CACHE or ~/.cache/vissl_lite
     num_workers: int = 4
+    shuffle_buffer: int = 1000        # data.name=shards: samples in each worker's shuffle buffer
     subset: Optional[int] = None      # quick runs: fixed class-balanced random N samples per split

@@ -225,6 +225,17 @@ def _torchvision(cls, title: str, folder: str, cfg: DataConfig, transform, **spl
         raise offline(e) from None
 
 
+@DATASETS.register("shards", help="tar shards written by `vissl-lite shard` (data.root: their "
+                                  "folder); streamed sequentially when training")
+def build_shards(cfg: DataConfig, split: str, transform=None) -> Dataset:
+    from vissl_lite.data.shards import ShardDataset
+
+    if split != cfg.train_split:
+        raise DataError(f"data.name=shards has one split (the shards), not '{split}'; evaluate "
+                        f"on the data set the shards were written from")
+    return ShardDataset(_root(cfg), transform)
+
+
 def _train_or_test(split: str, title: str) -> bool:
     if split not in ("train", "test"):
         raise DataError(f"{title} has the splits 'train' and 'test', not '{split}'; fix "

@@ -218,6 +218,13 @@ def build_train_loader(cfg, views_spec, rank: int, world_size: int, device: torc
     if path != "cpu":
         raise ConfigError(f"augment.path must be 'cpu' or 'gpu', got '{cfg.augment.path}'")
 
+    if dataset is None and cfg.data.name == "shards" and not cfg.data.in_memory:
+        from vissl_lite.augment import build_cpu_views
+        from vissl_lite.data.shards import ShardLoader
+        return ShardLoader(cfg.data.root, transform or build_cpu_views(views_spec, cfg.augment,
+                                                                       image_size),
+                           batch_size, rank, world_size, cfg.seed, cfg.data.num_workers,
+                           cfg.data.shuffle_buffer, pin_memory=device.type == "cuda")
     if dataset is None:
         if cfg.data.in_memory:
             from vissl_lite.data import UInt8TensorDataset, load_uint8
@@ -238,7 +245,7 @@ def describe_train_data(cfg, loader) -> str:
     the augmentation path (the trainer logs it beside device, precision and output folder)."""
     from vissl_lite.data.datasets import describe_dataset
 
-    dataset = loader.dataset if isinstance(loader, CPULoader) else None
+    dataset = getattr(loader, "dataset", None)  # DeviceLoader: the uint8 images
     count = len(dataset) if dataset is not None else len(getattr(loader, "images", ()))
     return (f"{describe_dataset(cfg.data, dataset, count=count)}, "
             f"{str(cfg.augment.path).lower()} augmentation")
