@@ -55,17 +55,23 @@ class _SeededViews(Dataset):
             image, label = self.dataset[index]
         except VisslLiteError as e:
             return {"error": (type(e).__name__, str(e))}
-        torch_state, py_state = torch.get_rng_state(), random.getstate()
-        torch.manual_seed(seed)
-        random.seed(seed)
-        try:
-            views = self.transform(image)
-        finally:
-            torch.set_rng_state(torch_state)
-            random.setstate(py_state)
-        if isinstance(views, torch.Tensor):
-            views = [views]
-        return {"views": list(views), "labels": int(label), "index": int(index)}
+        return seeded_sample(self.transform, image, seed, label, index)
+
+
+def seeded_sample(transform: Callable, image, seed: int, label: int, index: int) -> Dict[str, Any]:
+    """``{"views", "labels", "index"}`` of one sample, ``transform`` run with the torch and python
+    RNGs seeded by ``seed``; the caller's RNG state is restored afterwards."""
+    torch_state, py_state = torch.get_rng_state(), random.getstate()
+    torch.manual_seed(seed)
+    random.seed(seed)
+    try:
+        views = transform(image)
+    finally:
+        torch.set_rng_state(torch_state)
+        random.setstate(py_state)
+    if isinstance(views, torch.Tensor):
+        views = [views]
+    return {"views": list(views), "labels": int(label), "index": int(index)}
 
 
 def collate_or_error(items):

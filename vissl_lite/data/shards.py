@@ -237,18 +237,11 @@ class _ShardEpoch(IterableDataset):
         self.shard_order = loader.shard_order(epoch)
 
     def _views(self, ref: _Ref) -> Dict[str, Any]:
+        from vissl_lite.data.loader import seeded_sample
+
         image = decode_rgb(self.index.read(ref), self.index.describe(ref))
-        torch_state, py_state = torch.get_rng_state(), random.getstate()
         seed = _derive_seed(self.seed, self.epoch, ref.key, _SHARD_VIEWS)
-        torch.manual_seed(seed)
-        random.seed(seed)
-        try:
-            views = self.transform(image)
-        finally:
-            torch.set_rng_state(torch_state)
-            random.setstate(py_state)
-        views = [views] if isinstance(views, torch.Tensor) else list(views)
-        return {"views": views, "labels": ref.label, "index": ref.key}
+        return seeded_sample(self.transform, image, seed, ref.label, ref.key)
 
     def __iter__(self):
         info = get_worker_info()
