@@ -30,7 +30,7 @@ LIGHTLY_INSTALL = (
 
 
 def default_data() -> str:
-    """``$CIFAR10_ROOT``, else the shared archive beside this checkout (as configs/base/cifar10.yaml)."""
+    """``$CIFAR10_ROOT``, else the shared archive beside this checkout (the benchmarks never download)."""
     return os.environ.get("CIFAR10_ROOT") or str(REPO.parent / "shared" / "datasets"
                                                   / "cifar10-jpeg.tar.gz")
 

@@ -44,6 +44,9 @@ def find_archive() -> Path:
 
 
 ARCHIVE = find_archive()
+# The CIFAR-10 presets download CIFAR-10 unless $CIFAR10_ROOT names local data: tests (and the
+# `vissl-lite` subprocesses they start) read the shared archive instead, never the internet.
+os.environ.setdefault("CIFAR10_ROOT", str(ARCHIVE))
 
 
 @pytest.fixture(autouse=True)

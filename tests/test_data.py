@@ -353,7 +353,10 @@ def test_torchvision_dataset_missing_says_how_to_fix(tmp_path, cifar_root):
             build_dataset(cfg(tmp_path, name=name, download=False), "train")
         message = str(e.value)
         assert "data.download=true" in message and str(tmp_path) in message and folder in message
-    with pytest.raises(DataError, match="use data.name=imagefolder"):
-        build_dataset(cfg(cifar_root, name="cifar10"), "train")
+    # the CIFAR-10 JPEGs as an ImageFolder tree are read as such: same classes in the same order
+    as_cifar = build_dataset(cfg(cifar_root, name="cifar10", subset=20), "test")
+    as_folder = build_dataset(cfg(cifar_root, subset=20), "test")
+    assert as_cifar.classes == as_folder.classes == CIFAR_CLASSES
+    assert as_cifar.targets == as_folder.targets
     with pytest.raises(DataError, match="splits 'train' and 'test', not 'val'"):
         build_dataset(cfg(tmp_path, name="cifar10", test_split="val"), "test")

@@ -4,6 +4,8 @@
     vissl-lite eval EVALUATOR CKPT --data PATH
     vissl-lite config CONFIG [key=value ...]         print the resolved, validated config
     vissl-lite list [methods|backbones|datasets|evaluators|presets] [--markdown]
+    vissl-lite export CKPT --format timm|torchvision|safetensors --out FILE   the encoder alone
+    vissl-lite shard DATA --out DIR --shard-size N     tar shards for data.name=shards
 
 User errors (every ``vissl_lite.errors.VisslLiteError``: bad config key, missing data, wrong
 checkpoint) end in one line on stderr and exit status 2; anything else is a bug and keeps its
@@ -83,6 +85,21 @@ def _display(path: Path) -> str:
         return str(path)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from vissl_lite.export import export_backbone
+
+    how = export_backbone(args.checkpoint, args.format, args.out)
+    print(f"wrote the backbone of {args.checkpoint}; load it with:\n{how}")
+    return 0
+
+
+def cmd_shard(args: argparse.Namespace) -> int:
+    from vissl_lite.data.shards import shard_cli
+
+    shard_cli(args.data, args.out, args.shard_size, args.name, args.split)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     return run_eval_cli(args) or 0
 
@@ -109,6 +126,32 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(or random:<backbone> for a random-init baseline).")
     add_eval_arguments(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="write a checkpoint's backbone alone (timm, torchvision, "
+                                      "safetensors)",
+                       description="Write the pretrained encoder of a checkpoint alone, loadable "
+                                   "with timm.create_model(..., pretrained_cfg_overlay=dict(file="
+                                   "FILE)), torchvision's load_state_dict or safetensors; prints "
+                                   "the Python that loads it. From Python: "
+                                   "vissl_lite.load_backbone(CHECKPOINT).")
+    p.add_argument("checkpoint", help="a checkpoint .pt file or a run folder")
+    p.add_argument("--format", required=True, choices=["timm", "torchvision", "safetensors"])
+    p.add_argument("--out", required=True, help="output file (.pth, or .safetensors)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("shard", help="write a data set as tar shards (data that does not fit in "
+                                     "memory)",
+                       description="Write a data set as webdataset-style tar shards (<key>.jpg + "
+                                   "<key>.cls) with an index.json; train on them with "
+                                   "data.name=shards data.root=DIR.")
+    p.add_argument("data", help="what data.root takes: an ImageFolder dir, a folder of images, a "
+                                ".tar/.tar.gz")
+    p.add_argument("--out", required=True, help="output folder (empty or new)")
+    p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    p.add_argument("--name", default="imagefolder", help="data.name of DATA (default imagefolder; "
+                                                         "folder for unlabelled images)")
+    p.add_argument("--split", default="train", help="split to write (default train)")
+    p.set_defaults(func=cmd_shard)
 
     p = sub.add_parser("config", help="print a preset's resolved and validated config",
                        description="Load, merge and validate a preset with overrides, print YAML.")

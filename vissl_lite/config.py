@@ -23,7 +23,7 @@ from omegaconf.errors import (ConfigKeyError, OmegaConfBaseException,
 
 from vissl_lite.augment.config import AugmentConfig
 from vissl_lite.backbones.config import BackboneConfig
-from vissl_lite.data.config import DataConfig
+from vissl_lite.data.config import DEFAULT_ROOT_DATASETS, DataConfig
 from vissl_lite.engine.config import CheckpointConfig, LoggerConfig, OptimConfig, TrainConfig
 from vissl_lite.eval.config import MonitorConfig
 from vissl_lite.errors import ConfigError, RegistryError
@@ -56,6 +56,7 @@ CHOICES = {
     "train.precision": ("fp32", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
     "augment.path": ("cpu", "gpu"),
+    "data.on_corrupt": ("error", "skip"),
     "optim.name": ("sgd", "adamw", "lars"),
     "logger.wandb.mode": ("online", "offline", "disabled"),
     "backbone.global_pool": ("avg", "token"),
@@ -80,10 +81,23 @@ def _read_yaml(path: Path) -> DictConfig:
     try:
         cfg = OmegaConf.load(path)
     except Exception as e:  # yaml.YAMLError and friends
-        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+        raise ConfigError(_yaml_error(path, e)) from None
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"{path}: a config file must hold a mapping of sections, not a list")
     return cfg
+
+
+def _yaml_error(path: Path, e: Exception) -> str:
+    """``file:line:column: not valid YAML: <problem> (<context>)`` from a yaml error's marks."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(e, "problem", None)
+    if not problem:
+        return f"{where}: not valid YAML: {str(e).splitlines()[0]}"
+    context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if context and start is not None and mark is not None and start.line != mark.line:
+        context += f" started at line {start.line + 1}"
+    return f"{where}: not valid YAML: {problem}" + (f" ({context})" if context else "")
 
 
 def _collect_sources(path: Path, seen: Tuple[Path, ...] = ()) -> List[Tuple[str, DictConfig]]:
@@ -187,6 +201,8 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[st
     cfg = OmegaConf.merge(schema, *[c for _, c in sources])
 
     for key in require:
+        if key == "data.root" and OmegaConf.select(cfg, "data.name") in DEFAULT_ROOT_DATASETS:
+            continue  # downloaded into / read from $VISSL_LITE_DATA
         if OmegaConf.is_missing(cfg, key) or OmegaConf.select(cfg, key) is None:
             origin = f"in {sources[-1][0]} or " if sources and path else ""
             raise ConfigError(f"missing required value '{key}': set it {origin}on the command "

@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 from vissl_lite.errors import DataError
 from vissl_lite.data.image import IMG_EXTENSIONS, decode_rgb, is_image_file
 
-__all__ = ["ImageFolderArchive", "is_archive", "ARCHIVE_SUFFIXES"]
+__all__ = ["ImageFolderArchive", "ImageFilesArchive", "is_archive", "ARCHIVE_SUFFIXES"]
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 
@@ -148,6 +148,11 @@ class _BufferFile:
         return self.pos
 
 
+def _hidden(name: str) -> bool:
+    """Dot-files such as macOS ``._photo.jpg`` resource forks, which are not images."""
+    return any(p.startswith(".") and p not in (".", "..") for p in name.split("/"))
+
+
 def _parts(name: str) -> Tuple[str, ...]:
     return tuple(p for p in name.split("/") if p not in ("", "."))
 
@@ -171,26 +176,24 @@ def _locate_split(entries: Sequence[Tuple[Tuple[str, ...], _Member]], split: str
                     f"the folder names used in the archive")
 
 
-class ImageFolderArchive(Dataset):
-    """``torchvision.datasets.ImageFolder`` semantics over one split of a tar archive.
+class _ArchiveImages(Dataset):
+    """Random access to the image members of a tar archive that ``_select`` picks.
 
-    ``dataset[i] -> (PIL RGB image or transform(image), class index)``; ``.classes``,
-    ``.class_to_idx``, ``.samples`` (member name, class index) and ``.targets`` as in torchvision.
-    """
+    Subclasses implement ``_select(members) -> (samples, located members)`` where ``samples`` is a
+    list of ``(member name, label)`` and set ``classes``."""
 
-    def __init__(self, path: Union[str, os.PathLike], split: str = "train",
-                 transform: Optional[Callable] = None):
+    classes: List[str]
+
+    def __init__(self, path: Union[str, os.PathLike], transform: Optional[Callable] = None):
         self.path = Path(path).expanduser().resolve()
-        self.split = split
         self.transform = transform
         if not self.path.is_file():
             raise DataError(f"archive not found: {self.path}; data.root must point to an "
-                            f"ImageFolder directory or a .tar/.tar.gz archive of one")
+                            f"image folder or a .tar/.tar.gz archive of one")
         decompressed = _read_compressed(self.path)
         buf = decompressed if decompressed is not None else self._map()
         members = _list_members(buf, self.path)
-        self.classes, self.samples, located = self._index(members)
-        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.samples, located = self._select(members)
         self.targets = [label for _, label in self.samples]
         self._sizes = np.array([m.size for m in located], dtype=np.int64)
         if decompressed is not None:
@@ -203,34 +206,8 @@ class ImageFolderArchive(Dataset):
         self._compressed = decompressed is not None
         self._mmap: Optional[mmap.mmap] = None
 
-    def _index(self, members: List[_Member]):
-        entries = [(p, m) for m in members if (p := _parts(m.name))]
-        if not entries:
-            raise DataError(f"{self.path}: the archive is empty; data.root must point to an "
-                            f"ImageFolder archive ([<top>/]{self.split}/<class>/<image>)")
-        depth = _locate_split(entries, self.split, self.path)
-        head = entries[0][0][:depth] + (self.split,)
-        classes, files = set(), []
-        for parts, m in entries:
-            if parts[:depth + 1] != head or len(parts) < depth + 2:
-                continue
-            rest = parts[depth + 1:]
-            if m.is_dir or len(rest) > 1:
-                classes.add(rest[0])
-            if not m.is_dir and len(rest) > 1 and is_image_file(rest[-1]):
-                files.append((rest[0], "/".join(rest[1:-1]), rest[-1], m))
-        where = f"{self.path}:{'/'.join(head)}"
-        if not classes:
-            raise DataError(f"{where}: no class folders; expected {'/'.join(head)}/<class>/<image>")
-        empty = classes - {f[0] for f in files}
-        if empty:
-            raise DataError(f"{where}: no images in class folder(s) {', '.join(sorted(empty))} "
-                            f"(image extensions: {', '.join(IMG_EXTENSIONS)})")
-        files.sort(key=lambda f: f[:3])
-        classes = sorted(classes)
-        class_to_idx = {c: i for i, c in enumerate(classes)}
-        samples = [(f[3].name, class_to_idx[f[0]]) for f in files]
-        return classes, samples, [f[3] for f in files]
+    def _select(self, members: List[_Member]):
+        raise NotImplementedError
 
     def _map(self) -> mmap.mmap:
         with open(self.path, "rb") as f:
@@ -261,6 +238,72 @@ class ImageFolderArchive(Dataset):
         state = self.__dict__.copy()
         state["_mmap"] = None  # reopened lazily in each worker process
         return state
+
+
+class ImageFilesArchive(_ArchiveImages):
+    """Every image in a tar archive, in any nesting, unlabelled (label -1), sorted by name."""
+
+    def __init__(self, path: Union[str, os.PathLike], transform: Optional[Callable] = None):
+        self.classes = []
+        super().__init__(path, transform)
+
+    def _select(self, members: List[_Member]):
+        files = sorted((m.name, m) for m in members
+                       if not m.is_dir and is_image_file(m.name) and not _hidden(m.name))
+        if not files:
+            raise DataError(f"{self.path}: no images in the archive (image extensions: "
+                            f"{', '.join(IMG_EXTENSIONS)}, any case)")
+        return [(name, -1) for name, _ in files], [m for _, m in files]
+
+    def __repr__(self) -> str:
+        return f"ImageFilesArchive({self.path}, {len(self)} images, unlabelled)"
+
+
+class ImageFolderArchive(_ArchiveImages):
+    """``torchvision.datasets.ImageFolder`` semantics over one split of a tar archive.
+
+    ``dataset[i] -> (PIL RGB image or transform(image), class index)``; ``.classes``,
+    ``.class_to_idx``, ``.samples`` (member name, class index) and ``.targets`` as in torchvision.
+    """
+
+    def __init__(self, path: Union[str, os.PathLike], split: str = "train",
+                 transform: Optional[Callable] = None):
+        self.split = split
+        super().__init__(path, transform)
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+    def _select(self, members: List[_Member]):
+        self.classes, samples, located = self._index(members)
+        return samples, located
+
+    def _index(self, members: List[_Member]):
+        entries = [(p, m) for m in members if (p := _parts(m.name))]
+        if not entries:
+            raise DataError(f"{self.path}: the archive is empty; data.root must point to an "
+                            f"ImageFolder archive ([<top>/]{self.split}/<class>/<image>)")
+        depth = _locate_split(entries, self.split, self.path)
+        head = entries[0][0][:depth] + (self.split,)
+        classes, files = set(), []
+        for parts, m in entries:
+            if parts[:depth + 1] != head or len(parts) < depth + 2:
+                continue
+            rest = parts[depth + 1:]
+            if m.is_dir or len(rest) > 1:
+                classes.add(rest[0])
+            if not m.is_dir and len(rest) > 1 and is_image_file(rest[-1]):
+                files.append((rest[0], "/".join(rest[1:-1]), rest[-1], m))
+        where = f"{self.path}:{'/'.join(head)}"
+        if not classes:
+            raise DataError(f"{where}: no class folders; expected {'/'.join(head)}/<class>/<image>")
+        empty = classes - {f[0] for f in files}
+        if empty:
+            raise DataError(f"{where}: no images in class folder(s) {', '.join(sorted(empty))} "
+                            f"(image extensions: {', '.join(IMG_EXTENSIONS)})")
+        files.sort(key=lambda f: f[:3])
+        classes = sorted(classes)
+        class_to_idx = {c: i for i, c in enumerate(classes)}
+        samples = [(f[3].name, class_to_idx[f[0]]) for f in files]
+        return classes, samples, [f[3] for f in files]
 
     def __repr__(self) -> str:
         return (f"ImageFolderArchive({self.path}, split={self.split!r}, "

@@ -13,6 +13,11 @@ augmentation RNG is re-seeded per sample from a table drawn for the epoch) or of
 came before. ``set_epoch(epoch, start_batch)`` skips the batches a checkpoint already covered
 without loading them, so a run resumed mid-epoch sees exactly the batches and views it would have
 seen, and the result does not depend on ``num_workers``.
+
+User errors (``VisslLiteError``, e.g. a corrupt JPEG) raised in a DataLoader worker come back as
+the same error with its one-line message, not as torch's "Caught DataError in DataLoader worker
+process 0" with the worker's traceback pasted in: the worker returns the error as a sample, the
+collate function passes it through, and the main process raises it.
 """
 from __future__ import annotations
 
@@ -21,13 +26,14 @@ import signal
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from vissl_lite.augment import build_cpu_views, build_gpu_views
 from vissl_lite.config import data_image_size
 from vissl_lite.data import UInt8TensorDataset, build_dataset, load_uint8
 from vissl_lite.rng import derive_seed
-from vissl_lite.errors import ConfigError
+from vissl_lite import errors
+from vissl_lite.errors import ConfigError, VisslLiteError
 
 
 _PERMUTATION, _AUGMENT, _GPU_AUGMENT = 1, 2, 3
@@ -55,18 +61,46 @@ class _SeededViews(Dataset):
 
     def __getitem__(self, key) -> Dict[str, Any]:
         index, seed = key
-        image, label = self.dataset[index]
-        torch_state, py_state = torch.get_rng_state(), random.getstate()
-        torch.manual_seed(seed)
-        random.seed(seed)
         try:
-            views = self.transform(image)
-        finally:
-            torch.set_rng_state(torch_state)
-            random.setstate(py_state)
-        if isinstance(views, torch.Tensor):
-            views = [views]
-        return {"views": list(views), "labels": int(label), "index": int(index)}
+            image, label = self.dataset[index]
+        except VisslLiteError as e:
+            return {"error": (type(e).__name__, str(e))}
+        return seeded_sample(self.transform, image, seed, label, index)
+
+
+def seeded_sample(transform: Callable, image, seed: int, label: int, index: int) -> Dict[str, Any]:
+    """``{"views", "labels", "index"}`` of one sample, ``transform`` run with the torch and python
+    RNGs seeded by ``seed``; the caller's RNG state is restored afterwards."""
+    torch_state, py_state = torch.get_rng_state(), random.getstate()
+    torch.manual_seed(seed)
+    random.seed(seed)
+    try:
+        views = transform(image)
+    finally:
+        torch.set_rng_state(torch_state)
+        random.setstate(py_state)
+    if isinstance(views, torch.Tensor):
+        views = [views]
+    return {"views": list(views), "labels": int(label), "index": int(index)}
+
+
+def collate_or_error(items):
+    """``default_collate``, except that a user error returned by a worker passes through."""
+    for item in items:
+        if isinstance(item, dict) and "error" in item:
+            return item
+    return default_collate(items)
+
+
+def raise_carried(batch: Dict[str, Any]) -> Dict[str, Any]:
+    """Raise the user error a worker returned (same class, its one-line message), else the batch."""
+    if "error" in batch:
+        name, message = batch["error"]
+        cls = getattr(errors, name, None)
+        if not (isinstance(cls, type) and issubclass(cls, VisslLiteError)):
+            cls = errors.DataError
+        raise cls(message)
+    return batch
 
 
 class ResumableSampler(DistributedSampler):
@@ -107,6 +141,7 @@ class CPULoader:
         self.loader = DataLoader(
             _SeededViews(dataset, transform), batch_size=batch_size, sampler=self.sampler,
             num_workers=num_workers, pin_memory=pin_memory, drop_last=True,
+            collate_fn=collate_or_error,
             persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed),
             worker_init_fn=_leave_stop_signals_to_the_trainer,
             prefetch_factor=4 if num_workers > 0 else None)
@@ -118,7 +153,16 @@ class CPULoader:
         self.sampler.set_epoch(epoch, start_batch * self.batch_size)
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
-        return iter(self.loader)
+        return map(raise_carried, self.loader)
+
+    @property
+    def dataset(self) -> Dataset:
+        return self.loader.dataset.dataset
+
+    def skipped(self) -> int:
+        """Unreadable files skipped so far (``data.on_corrupt=skip``), across worker processes."""
+        from vissl_lite.data.datasets import skipped_count
+        return skipped_count(self.dataset)
 
 
 class DeviceLoader:
@@ -189,6 +233,13 @@ def build_train_loader(cfg, views_spec, rank: int, world_size: int, device: torc
     if path != "cpu":
         raise ConfigError(f"augment.path must be 'cpu' or 'gpu', got '{cfg.augment.path}'")
 
+    if dataset is None and cfg.data.name == "shards" and not cfg.data.in_memory:
+        from vissl_lite.augment import build_cpu_views
+        from vissl_lite.data.shards import ShardLoader
+        return ShardLoader(cfg.data.root, transform or build_cpu_views(views_spec, cfg.augment,
+                                                                       image_size),
+                           batch_size, rank, world_size, cfg.seed, cfg.data.num_workers,
+                           cfg.data.shuffle_buffer, pin_memory=device.type == "cuda")
     if dataset is None:
         if cfg.data.in_memory:
             images, labels = load_uint8(cfg.data, "train")
@@ -199,6 +250,17 @@ def build_train_loader(cfg, views_spec, rank: int, world_size: int, device: torc
         transform = build_cpu_views(views_spec, cfg.augment, image_size)
     return CPULoader(dataset, transform, batch_size, rank, world_size, cfg.seed,
                      num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
+
+
+def describe_train_data(cfg, loader) -> str:
+    """One line for the start of a run: the data set, where it is read from, its image count and
+    the augmentation path (the trainer logs it beside device, precision and output folder)."""
+    from vissl_lite.data.datasets import describe_dataset
+
+    dataset = getattr(loader, "dataset", None)  # DeviceLoader: the uint8 images
+    count = len(dataset) if dataset is not None else len(getattr(loader, "images", ()))
+    return (f"{describe_dataset(cfg.data, dataset, count=count)}, "
+            f"{str(cfg.augment.path).lower()} augmentation")
 
 
 def move_batch(batch: Dict[str, Any], device: torch.device,
@@ -220,4 +282,4 @@ def move_batch(batch: Dict[str, Any], device: torch.device,
 
 
 __all__: Sequence[str] = ("build_train_loader", "CPULoader", "DeviceLoader", "ResumableSampler",
-                          "derive_seed", "move_batch")
+                          "derive_seed", "move_batch", "describe_train_data", "raise_carried")

@@ -10,8 +10,11 @@ training (as in the "FFCV"/"airbench" style CIFAR loaders). ``load_uint8`` gives
   ``$VISSL_LITE_CACHE`` or ``~/.cache/vissl_lite``). The file name holds a hash of the data
   set's path, split and size and of its contents' fingerprint (archive: size and mtime; folder:
   path, size and mtime of every image), so a changed data set is decoded again instead of being
-  served stale; the stale file is removed. Written atomically (temporary file, then rename).
-  Under ``torch.distributed`` the first process of each node decodes while the others wait.
+  served stale; the stale file is removed. Written atomically (temporary file, then rename); a
+  cache folder that cannot be written costs one warning line (the split is decoded again next
+  time), never a partial file. Under ``torch.distributed`` the first process of each node decodes
+  while the others wait. Decoding shows a progress bar (images, images/s).
+* ``data.on_corrupt=skip``: unreadable images are left out of the tensor, counted and logged.
 
 All images must have one size, unless ``data.image_size`` is set: then each image's shorter side
 is resized to it (bicubic, antialiased) and the centre square is kept.
@@ -24,7 +27,7 @@ import math
 import os
 import re
 import time
-import warnings
+import sys
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence, Tuple
@@ -38,8 +41,8 @@ from torchvision.transforms.v2 import functional as TF
 from vissl_lite import distributed as dist
 from vissl_lite.data.archive import is_archive
 from vissl_lite.data.config import DataConfig
-from vissl_lite.data.datasets import (ImageFolder, as_data_config, build_imagefolder,
-                                      describe_sample, split_name, subset_indices, targets_of)
+from vissl_lite.data.datasets import (ImageFiles, ImageFolder, as_data_config, describe_sample,
+                                      split_name, subset_indices, targets_of)
 from vissl_lite.errors import DataError
 from vissl_lite.registry import DATASETS
 
@@ -128,8 +131,13 @@ def _native_arrays(dataset: Dataset, image_size: Optional[int]) -> Optional[Spli
 
 # --- cache --------------------------------------------------------------------------------------
 
+#: data sets whose builders read a .tar/.tar.gz ``data.root`` (an archive is fingerprinted from
+#: its file alone, so a cache hit does not even open it)
+ARCHIVE_READERS = ("imagefolder", "folder", "cifar10", "cifar100")
+
+
 def _archive_root(cfg: DataConfig) -> Optional[Path]:
-    if DATASETS.get(cfg.name) is not build_imagefolder or not cfg.root:
+    if cfg.name not in ARCHIVE_READERS or not cfg.root:
         return None
     root = Path(str(cfg.root)).expanduser()
     return root.resolve() if root.is_file() and is_archive(root) else None
@@ -141,7 +149,7 @@ def _fingerprint(cfg: DataConfig, dataset: Optional[Dataset]) -> Optional[str]:
     if archive is not None:
         st = archive.stat()
         return f"archive|{archive}|{st.st_size}|{st.st_mtime_ns}"
-    if isinstance(dataset, ImageFolder):
+    if isinstance(dataset, (ImageFolder, ImageFiles)):
         h = hashlib.sha1("\0".join(dataset.classes).encode())
         for path, label in dataset.samples:
             st = os.stat(path)
@@ -182,10 +190,15 @@ def _write_cache(path: Path, stale_glob: str, fingerprint: str, split_data: Spli
         torch.save({"version": CACHE_VERSION, "fingerprint": fingerprint, "images": images,
                     "labels": labels, "classes": classes}, tmp)
         os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        warnings.warn(f"could not write the uint8 cache {path} ({e}); the split will be decoded "
-                      f"again next time. Set data.cache_dir to a writable folder.")
+    except (OSError, RuntimeError) as e:  # torch.save raises RuntimeError for unwritable files
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        reason = (getattr(e, "strerror", None) or str(e)).splitlines()[0]
+        log.warning(f"could not write the uint8 cache {path} ({reason}); the split will be "
+                    f"decoded again next time. Set data.cache_dir (or $VISSL_LITE_CACHE) to a "
+                    f"writable folder")
         return
     for old in path.parent.glob(stale_glob):
         if old != path:
@@ -196,7 +209,7 @@ def _cached_decode(cfg: DataConfig, split: str) -> Split:
     """The split from the cache if it is current, else decoded (and cached when cacheable).
 
     An archive is fingerprinted from its file alone, so a cache hit does not even open it."""
-    build = partial(DATASETS.build, cfg.name, cfg, split, None)
+    build = partial(DATASETS.get(cfg.name), cfg, split, None)
     dataset = None if _archive_root(cfg) is not None else build()
     native = _native_arrays(dataset, cfg.image_size) if dataset is not None else None
     if native is not None:
@@ -240,20 +253,23 @@ class _Chunks(Dataset):
     A DataError becomes a returned message, so the caller raises it cleanly (an exception in a
     DataLoader worker is re-raised with the worker's traceback pasted into its message)."""
 
-    def __init__(self, dataset: Dataset, image_size: Optional[int]):
-        self.dataset, self.image_size = dataset, image_size
+    def __init__(self, dataset: Dataset, image_size: Optional[int], skip_corrupt: bool = False):
+        self.dataset, self.image_size, self.skip_corrupt = dataset, image_size, skip_corrupt
 
     def __len__(self) -> int:
         return math.ceil(len(self.dataset) / CHUNK)
 
     def __getitem__(self, chunk: int):
         start = chunk * CHUNK
-        arrays, labels = [], []
+        arrays, labels, kept, skipped = [], [], [], []
         for i in range(start, min(start + CHUNK, len(self.dataset))):
             try:
                 image, label = self.dataset[i]
             except DataError as e:
-                return {"error": str(e)}
+                if not self.skip_corrupt:
+                    return {"error": str(e)}
+                skipped.append(str(e))
+                continue
             if self.image_size is not None:
                 image = _fit(image, self.image_size)
             array = np.asarray(image, dtype=np.uint8)
@@ -261,7 +277,9 @@ class _Chunks(Dataset):
                 return {"error": _size_error(self.dataset, start, arrays[0].shape, i, array.shape)}
             arrays.append(array)
             labels.append(label)
-        return {"images": np.stack(arrays), "labels": np.asarray(labels, dtype=np.int64)}
+            kept.append(i)
+        return {"images": np.stack(arrays) if arrays else None, "kept": np.asarray(kept, np.int64),
+                "labels": np.asarray(labels, dtype=np.int64), "skipped": skipped}
 
 
 def _size_error(dataset: Dataset, i: int, shape_i, j: int, shape_j) -> str:
@@ -270,24 +288,47 @@ def _size_error(dataset: Dataset, i: int, shape_i, j: int, shape_j) -> str:
             f"data.image_size=N to resize every image to NxN for the in-memory path")
 
 
+def _progress(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="img", desc=desc, dynamic_ncols=True, file=sys.stderr,
+                disable=None, mininterval=1.0)  # disable=None: off when stderr is not a terminal
+
+
 def _decode(dataset: Dataset, cfg: DataConfig) -> Split:
     n = len(dataset)
-    chunks = _Chunks(dataset, cfg.image_size)
+    chunks = _Chunks(dataset, cfg.image_size, skip_corrupt=cfg.on_corrupt == "skip")
     workers = min(max(cfg.num_workers, 0), os.cpu_count() or 1, len(chunks) - 1)
     started = time.perf_counter()
     images: Optional[torch.Tensor] = None
+    first = 0
     labels = torch.empty(n, dtype=torch.long)
-    for c, out in enumerate(DataLoader(chunks, batch_size=None, num_workers=max(workers, 0))):
-        if "error" in out:
-            raise DataError(out["error"])
-        block = out["images"].permute(0, 3, 1, 2)
-        if images is None:
-            images = torch.empty((n, *block.shape[1:]), dtype=torch.uint8)
-        elif block.shape[1:] != images.shape[1:]:
-            raise DataError(_size_error(dataset, 0, images[0].permute(1, 2, 0).shape, c * CHUNK,
-                                        block[0].permute(1, 2, 0).shape))
-        images[c * CHUNK:c * CHUNK + len(block)] = block
-        labels[c * CHUNK:c * CHUNK + len(block)] = out["labels"]
-    log.info("decoded %d images in %.1f s with %d worker(s)", n, time.perf_counter() - started,
-             max(workers, 0))
-    return images, labels, list(dataset.classes)
+    keep = torch.zeros(n, dtype=torch.bool)
+    skipped: List[str] = []
+    with _progress(n, f"decoding {cfg.name}") as bar:
+        for c, out in enumerate(DataLoader(chunks, batch_size=None, num_workers=max(workers, 0))):
+            if "error" in out:
+                raise DataError(out["error"])
+            for message in out["skipped"]:
+                log.warning(f"skipped: {message} (data.on_corrupt=skip)")
+            skipped += out["skipped"]
+            bar.update(len(out["kept"]) + len(out["skipped"]))
+            if out["images"] is None:
+                continue
+            block, at = out["images"].permute(0, 3, 1, 2), torch.as_tensor(out["kept"])
+            if images is None:
+                images, first = torch.empty((n, *block.shape[1:]), dtype=torch.uint8), int(at[0])
+            elif block.shape[1:] != images.shape[1:]:
+                raise DataError(_size_error(dataset, first, images[first].permute(1, 2, 0).shape,
+                                            int(at[0]), block[0].permute(1, 2, 0).shape))
+            images[at], labels[at], keep[at] = block, torch.as_tensor(out["labels"]), True
+    if images is None:
+        raise DataError(f"none of the {n} images of {cfg.root} could be read; is data.root the "
+                        f"right data?")
+    if skipped:
+        images, labels = images[keep], labels[keep]
+        log.warning(f"skipped {len(skipped)} unreadable image(s) of {n} (data.on_corrupt=skip)")
+    seconds = time.perf_counter() - started
+    log.info("decoded %d images in %.1f s (%.0f images/s) with %d worker(s)", n, seconds,
+             n / max(seconds, 1e-9), max(workers, 0))
+    return images, labels, list(getattr(dataset, "classes", []))

@@ -20,6 +20,7 @@ from torch import nn
 
 from vissl_lite import distributed as vdist
 from vissl_lite.config import save_config
+from vissl_lite.data.loader import describe_train_data
 from vissl_lite.engine.checkpoint import BEST, CheckpointManager, atomic_save
 from vissl_lite.engine.components import Components, build_components
 from vissl_lite.engine.logger import RunLogger, log, setup_console_logging
@@ -94,6 +95,8 @@ class Trainer:
         if ckpt is not None:
             self.logger.info(f"resumed from {ckpt_path} at step {self.state.step} (epoch "
                              f"{self.state.epoch}, batch {self.state.batch_in_epoch})")
+        self.logger.info(f"device {runtime.device}, precision {cfg.train.precision}, "
+                         f"{describe_train_data(cfg, c.loader)}, output {self.output_dir}")
         self.last_checkpoint = ckpt_path
         self._saved_step = self.state.step if ckpt_path is not None else None
         self._runner = StepRunner(c.method, c.model, c.optimizer, c.scheduler, c.scaler,
@@ -135,6 +138,9 @@ class Trainer:
                 self._end_epoch(force_save=step_save)
         if self._saved_step != s.step:
             self._save()
+        skipped = c.loader.skipped() if hasattr(c.loader, "skipped") else 0
+        if skipped:  # data.on_corrupt=skip
+            self.logger.info(f"skipped {skipped} unreadable image(s)")
         self.logger.info(f"done: {s.step} steps; checkpoint {self.manager.last}")
         return {"step": s.step, "epoch": s.epoch, "skipped_steps": s.skipped_steps,
                 "checkpoint": str(self.manager.last), "output_dir": str(self.output_dir),
@@ -200,6 +206,7 @@ class Trainer:
         if self.components.monitor is not None and (epoch + 1) % cfg.monitor.every_epochs == 0:
             results.update(self._monitor(epoch))
         s.metrics = results
+        self.logger.info(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
         self.logger.write({"type": "epoch", "step": s.step, "epoch": epoch + 1,
                            **{("epoch_loss" if k == "loss" else k): v for k, v in results.items()}})
         is_best = self._is_best(results)

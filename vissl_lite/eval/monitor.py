@@ -13,6 +13,7 @@ never reach the SSL loss; the head only reports how linearly separable the featu
 """
 from __future__ import annotations
 
+import logging
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -22,7 +23,8 @@ from torch.utils.data import DataLoader, Subset
 
 from vissl_lite import distributed as dist
 from vissl_lite.config import global_view_size
-from vissl_lite.errors import EvalError
+from vissl_lite.data import has_labels
+from vissl_lite.errors import DataError, EvalError
 from vissl_lite.eval.features import extract_features, resolve_device
 from vissl_lite.eval.knn import knn_classify
 from vissl_lite.eval.metrics import topk_accuracy
@@ -30,6 +32,7 @@ from vissl_lite.eval.rankme import rankme
 from vissl_lite.eval.transforms import resolve_mean_std, uint8_transform
 
 ImagesLabels = Tuple[torch.Tensor, torch.Tensor]
+log = logging.getLogger(__name__)
 
 
 class OnlineLinearHead(nn.Module):
@@ -134,10 +137,19 @@ class OnlineMonitor:
                                                augment.std if augment else None)
         workers = min(int(cfg.data.num_workers), 4)
         seed = int(cfg.get("seed", 0))
-        self.train_data = train_data or load_uint8_subset(cfg.data, "train", self.cfg.train_subset,
-                                                          self.image_size, seed, workers)
-        self.test_data = test_data or load_uint8_subset(cfg.data, "test", self.cfg.test_subset,
-                                                        self.image_size, seed + 1, workers)
+        self.off = None if has_labels(cfg.data) else f"data.name={cfg.data.name} has no labels"
+        try:
+            self.train_data = train_data or load_uint8_subset(
+                cfg.data, "train", self.cfg.train_subset, self.image_size, seed, workers)
+            self.test_data = test_data or load_uint8_subset(
+                cfg.data, "test", self.cfg.test_subset, self.image_size, seed + 1, workers)
+        except DataError as e:  # e.g. a train/ without test/: skip the monitor, keep training
+            self.off = self.off or str(e)
+        if self.off:
+            log.warning(f"online monitor (kNN, RankMe) skipped: {self.off}; set "
+                        f"monitor.every_epochs=0 to silence this")
+            self.linear_head = None
+            return
         self.num_classes = int(max(self.train_data[1].max(), self.test_data[1].max())) + 1
         self.linear_head: Optional[OnlineLinearHead] = None
         if self.cfg.online_linear:
@@ -150,6 +162,8 @@ class OnlineMonitor:
                                 device=self.device, batch_size=256)
 
     def run(self, epoch: int) -> Dict[str, float]:
+        if self.off:
+            return {}
         encoder = self.method.backbone_for_eval()
         bank, bank_labels = self._features(encoder, self.train_data)
         out: Dict[str, float] = {}
