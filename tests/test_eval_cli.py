@@ -31,7 +31,7 @@ def test_knn_rankme_cluster_on_random_resnet18(cifar_archive, tmp_path, capsys):
     assert again["data"]["features_cached"] == {"train": True, "test": True}
     assert again["results"] == report["results"]
 
-    common = [*args[1:-4], "--cache-dir", str(tmp_path / "cache")]
+    common = [*args[1:-7], "--cache-dir", str(tmp_path / "cache")]   # without knn's --k
     assert main(["rankme", *common, "--out", str(tmp_path / "r.json")]) == 0
     rank = json.loads((tmp_path / "r.json").read_text())
     assert rank["data"]["features_cached"] == {"train": True, "test": True}

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Subset
 from vissl_lite import distributed as dist
 from vissl_lite.config import global_view_size
 from vissl_lite.errors import EvalError
-from vissl_lite.eval.features import extract_features, resolve_device
+from vissl_lite.eval.features import extract_features, random_subset as _random_subset, resolve_device
 from vissl_lite.eval.knn import knn_classify
 from vissl_lite.eval.metrics import topk_accuracy
 from vissl_lite.eval.rankme import rankme
@@ -73,12 +73,6 @@ class OnlineLinearHead(nn.Module):
         self.eval()
         acc = topk_accuracy(self(features.to(self.linear.weight.device)), labels.long())
         return {"online_linear_top1": acc[1], "online_linear_top5": acc[5]}
-
-
-def _random_subset(n: int, size: Optional[int], seed: int):
-    if not size or size >= n:
-        return list(range(n))
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].sort().values.tolist()
 
 
 def load_uint8_subset(data_cfg, split: str, size: Optional[int], image_size: int, seed: int = 0,
