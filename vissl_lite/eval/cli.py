@@ -134,7 +134,9 @@ def load_encoder(spec: str, args: argparse.Namespace) -> Tuple[nn.Module, Dict[s
 
 
 def _show(value: Any) -> str:
-    return f"{value:10.3f}" if isinstance(value, float) else f"{value!s:>10}"
+    if isinstance(value, float):
+        return f"{value:10.2e}" if 0 < abs(value) < 1e-2 else f"{value:10.3f}"
+    return f"{value!s:>10}"
 
 
 def print_table(title: str, rows: Dict[str, Any]) -> None:
