@@ -5,6 +5,7 @@ import socket
 from pathlib import Path
 from typing import Callable, Dict, List
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -83,3 +84,13 @@ def gaussian_clusters(n: int, num_classes: int, dim: int, spread: float = 0.5, s
     centers = torch.randn(num_classes, dim, generator=torch.Generator().manual_seed(center_seed))
     labels = torch.randint(0, num_classes, (n,), generator=g)
     return centers[labels] * center_scale + spread * torch.randn(n, dim, generator=g), labels
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: small L-BFGS/UMAP problems on a loaded 2-core machine are
+    many times slower with two threads contending (import the fixture into a test module)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
