@@ -8,7 +8,8 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score
 
-from vissl_lite.eval import (alignment, alignment_uniformity, cluster_metrics, kmeans, rankme,
+from vissl_lite.eval.rankme import rankme
+from vissl_lite.eval import (alignment, alignment_uniformity, cluster_metrics, kmeans,
                              uniformity)
 from vissl_lite.registry import EVALUATORS
 

@@ -9,7 +9,7 @@ import torch
 from _helpers import one_thread  # noqa: F401 (fixture)
 
 from vissl_lite.errors import EvalError
-from vissl_lite.eval.umap_cluster import UMAPClusterEvaluator, umap_cluster, ward_clusters
+from vissl_lite.eval.umap_clustering import UMAPClusterEvaluator, umap_cluster, ward_clusters
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

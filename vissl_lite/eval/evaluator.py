@@ -172,7 +172,7 @@ class EvalContext:
         return dataset
 
     def has_split(self, split: str) -> bool:
-        return self.dataset(split, required=False) is not None
+        return split in self._features or self.dataset(split, required=False) is not None
 
     def missing_reason(self, split: str) -> str:
         return self._missing.get(split, "")
