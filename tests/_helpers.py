@@ -5,6 +5,7 @@ import socket
 from pathlib import Path
 from typing import Callable, Dict, List
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -121,3 +122,13 @@ def views_batch(method, batch: int = 8, global_size: int = 32, local_size: int =
     views = [torch.randn(batch, 3, s, s, generator=g) for s in sizes]
     return {"views": views, "labels": torch.zeros(batch, dtype=torch.long),
             "index": torch.arange(batch)}
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: small L-BFGS/UMAP problems on a loaded 2-core machine are
+    many times slower with two threads contending (import the fixture into a test module)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

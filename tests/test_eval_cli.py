@@ -4,6 +4,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
+
+from _helpers import one_thread  # noqa: F401 (fixture)
 
 from vissl_lite.eval.cli import main
 
@@ -31,7 +34,7 @@ def test_knn_rankme_cluster_on_random_resnet18(cifar_archive, tmp_path, capsys):
     assert again["data"]["features_cached"] == {"train": True, "test": True}
     assert again["results"] == report["results"]
 
-    common = [*args[1:-4], "--cache-dir", str(tmp_path / "cache")]
+    common = [*args[1:-7], "--cache-dir", str(tmp_path / "cache")]   # without knn's --k
     assert main(["rankme", *common, "--out", str(tmp_path / "r.json")]) == 0
     rank = json.loads((tmp_path / "r.json").read_text())
     assert rank["data"]["features_cached"] == {"train": True, "test": True}
@@ -48,22 +51,120 @@ def test_missing_checkpoint_is_a_clear_error(cifar_archive, capsys):
     assert "checkpoint not found: no/such/ckpt.pt" in capsys.readouterr().err
 
 
-def test_knn_on_a_short_trained_checkpoint(cifar_archive, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def short_checkpoint(cifar_archive, tmp_path_factory):
+    """A SimCLR run of 2 steps on 64 CIFAR-10 images with a ViT-Tiny/8 (cheap at 32x32)."""
     engine = pytest.importorskip("vissl_lite.engine")
     from vissl_lite.config import default_config
 
+    run = tmp_path_factory.mktemp("short_run")
     cfg = default_config("simclr", [
         f"data.root={cifar_archive}", "data.subset=64", "data.num_workers=0",
-        "backbone.name=resnet18", "backbone.cifar_stem=true", "train.batch_size=32",
+        "backbone.name=vit_tiny_patch8", "train.batch_size=32",
         "train.epochs=1", "train.max_steps=2", "train.device=cpu", "logger.progress=false",
-        "logger.plot=false", "logger.wandb.mode=disabled", f"output_dir={tmp_path / 'run'}"])
+        "logger.plot=false", "logger.wandb.mode=disabled", f"output_dir={run}"])
     engine.Trainer(cfg).fit()
-    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
-    assert ckpt.is_file()
+    assert (run / "checkpoints" / "last.pt").is_file()
+    return run
+
+
+def test_knn_on_a_short_trained_checkpoint_given_as_its_run_folder(short_checkpoint, cifar_archive,
+                                                                   tmp_path, capsys):
     out = tmp_path / "knn.json"
-    assert main(["knn", str(ckpt), "--data", str(cifar_archive), *SMALL, "--k", "20",
-                 "--no-cache", "--out", str(out)]) == 0
+    assert main(["knn", str(short_checkpoint), "--data", str(cifar_archive), *SMALL, "--k", "20",
+                 "--k-curve", "--no-cache", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["model_id"].startswith("sha256:")
     assert 10.0 < report["results"]["knn_top1@20"] < 60.0
     assert "knn_top1@20" in capsys.readouterr().out
+
+
+def test_report_on_a_short_trained_checkpoint(short_checkpoint, cifar_archive, tmp_path, capsys,
+                                              one_thread):
+    pytest.importorskip("umap", reason="umap-learn not installed (the [cluster] extra)")
+    folder = tmp_path / "report"
+    assert main(["report", str(short_checkpoint / "checkpoints" / "last.pt"), "--data",
+                 str(cifar_archive), *SMALL, "--k", "10", "--k-curve", "1", "10", "50",
+                 "--weight-decays", "1e-4", "--umap-components", "8", "--no-cache",
+                 "--report-dir", str(folder)]) == 0
+    results = json.loads((folder / "results.json").read_text())
+    print(results["seconds"])
+    assert set(results["results"]) == {"knn", "linear", "risk", "rankme", "umap_cluster"}
+    assert results["skipped"] == {}
+    risk = results["results"]["risk"]
+    assert risk["total_error"] == pytest.approx(100 - 0 * risk["approximation"] - (100 - risk["err_test"]))
+    assert 1.0 < results["results"]["rankme"]["rankme_train"] <= 192
+    assert 0.0 <= results["results"]["umap_cluster"]["ami"] < 1.0
+    md = (folder / "report.md").read_text()
+    for picture in ("knn_vs_k.png", "spectrum.png", "umap.png"):
+        assert (folder / picture).stat().st_size > 1000 and f"]({picture})" in md
+    assert "## risk" in md and "encoder_generalization" in md and "<table>" in (folder / "report.html").read_text()
+    assert "risk.total_error" in capsys.readouterr().out
+
+
+def test_label_free_data_runs_the_label_free_evaluators_and_says_why_others_were_skipped(tmp_path):
+    """An unlabelled train split (labels -1) and no test split: RankMe only (UMAP left out to
+    stay fast), and the report lists every skipped evaluator with its reason."""
+    import argparse
+
+    from _helpers import TinyNet
+    from vissl_lite.eval.cli import add_eval_arguments
+    from vissl_lite.eval.evaluator import EvalContext
+    from vissl_lite.eval.report import ReportEvaluator
+
+    args = add_eval_arguments(argparse.ArgumentParser()).parse_args(
+        ["report", "toy.pt", "--data", str(tmp_path), "--skip", "umap_cluster", "--device", "cpu",
+         "--report-dir", str(tmp_path / "report")])
+    info = {"model_id": "sha256:toy", "image_size": 8, "mean": None, "std": None, "augment": None}
+    ctx = EvalContext(args, lambda spec: (TinyNet(), info))
+    ctx._features["train"] = (torch.randn(40, 16), torch.full((40,), -1))
+    ctx._missing["test"] = "no test split (no folder 'test')"
+    result = ReportEvaluator().run(ctx)
+    assert set(result.metrics) == {"rankme.rankme_train", "rankme.feature_dim"}
+    skipped = json.loads((tmp_path / "report" / "results.json").read_text())["skipped"]
+    assert set(skipped) == {"knn", "linear", "risk", "umap_cluster"}
+    assert skipped["knn"].startswith("needs a test split") and skipped["umap_cluster"] == "left out with --skip"
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "## Skipped" in md and "- linear: needs a test split" in md
+    ctx._missing.pop("test")
+    ctx._features["test"] = (torch.randn(10, 16), torch.full((10,), -1))
+    from vissl_lite.eval.report import skip_reason
+    assert skip_reason(ctx, "knn") == "needs labels, and the data has unlabelled images (label -1)"
+
+
+def test_a_text_file_or_an_empty_run_folder_is_not_a_checkpoint(cifar_archive, tmp_path, capsys):
+    text = tmp_path / "config.yaml"
+    text.write_text("method:\n  name: simclr\n")
+    for spec, message in ((text, f"{text} is not a checkpoint (a text file)"),
+                          (tmp_path, f"{tmp_path} is a folder without checkpoints/last.pt")):
+        with pytest.raises(SystemExit) as e:
+            main(["rankme", str(spec), "--data", str(cifar_archive), "--no-cache"])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and "weights_only" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_evaluator_choices_help_and_dispatch_come_from_the_registry(cifar_archive, capsys):
+    from vissl_lite.eval.evaluator import EvalResult, Evaluator
+    from vissl_lite.registry import EVALUATORS
+
+    @EVALUATORS.register("answer", help="a plugin evaluator defined in one place")
+    class Answer(Evaluator):
+        @classmethod
+        def add_arguments(cls, parser):
+            parser.add_argument("--value", type=float, default=42.0)
+
+        def run(self, ctx):
+            return EvalResult({"value": ctx.args.value})
+
+    try:
+        with pytest.raises(SystemExit):
+            main(["--help"])
+        listing = capsys.readouterr().out
+        assert "a plugin evaluator defined in one place" in listing
+        assert all(name in listing for name in EVALUATORS.names())
+        assert main(["answer", "random:resnet18", "--data", str(cifar_archive), "--value", "7"]) == 0
+        assert "value" in capsys.readouterr().out
+    finally:
+        EVALUATORS._entries.pop("answer")
+        EVALUATORS._help.pop("answer")

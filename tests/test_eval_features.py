@@ -1,6 +1,7 @@
 """Feature extraction, the feature cache, the online monitor and the online linear head."""
 from __future__ import annotations
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 from torch import nn
@@ -99,7 +100,7 @@ def test_online_monitor_on_given_subsets():
     assert res["knn_top1"] == 100.0
     bank = extract_features(method.backbone, make(30)[0], mean=monitor.mean, std=monitor.std,
                             device="cpu")[0]
-    from vissl_lite.eval import rankme
+    from vissl_lite.eval.rankme import rankme   # vissl_lite.eval.rankme is also the module
     assert res["rankme"] == rankme(bank)
     assert {"online_linear_top1", "online_linear_top5"} <= set(res)
     assert OmegaConf.select(cfg, "monitor.every_epochs") == 1
@@ -130,3 +131,77 @@ def test_two_ranks_each_encode_a_shard_and_end_with_all_features_in_order(tmp_pa
         out = torch.load(tmp_path / f"rank{rank}.pt")
         torch.testing.assert_close(out["feats"], single)
         assert torch.equal(out["labels"], single_labels)
+
+
+# -- the feature cache is keyed by the data's content (issue 12) -------------------------------
+
+def _image_folder(root, seed, classes=("a", "b"), per_class=4, size=8):
+    """<root>/train/<class>/<i>.png of random colours (the same names for every seed)."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    for c in classes:
+        (root / "train" / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = torch.randint(0, 256, (size, size, 3), generator=g, dtype=torch.uint8)
+            Image.fromarray(pixels.numpy()).save(root / "train" / c / f"{i}.png")
+    return root
+
+
+def _context(data, cache_dir):
+    import argparse
+
+    from vissl_lite.eval.evaluator import EvalContext
+
+    args = argparse.Namespace(data=str(data), dataset="imagefolder", image_size=8, subset_train=None,
+                              subset_test=None, batch_size=4, num_workers=0, seed=0, device="cpu",
+                              precision="fp32", cache_dir=str(cache_dir), no_cache=False)
+    torch.manual_seed(0)
+    encoder = MeanColour()
+    info = {"model_id": "sha256:toy", "image_size": 8, "mean": None, "std": None, "augment": None}
+    return EvalContext(args, lambda spec: (encoder, info), checkpoint="toy.pt")
+
+
+def test_replacing_the_data_folder_misses_the_cache(tmp_path):
+    import os
+    import shutil
+
+    data, cache = _image_folder(tmp_path / "data", seed=0), tmp_path / "cache"
+    first = _context(data, cache)
+    feats = first.features("train")[0]
+    again = _context(data, cache)
+    assert torch.equal(again.features("train")[0], feats) and again.cache_hits == {"train": True}
+    shutil.rmtree(data)
+    _image_folder(data, seed=1)                                   # same paths, other images
+    for f in data.rglob("*.png"):
+        os.utime(f, ns=(1, 1))                                    # even with a stale mtime ...
+    replaced = _context(data, cache)
+    new = replaced.features("train")[0]
+    assert replaced.cache_hits == {"train": False}               # ... sizes differ: a new key
+    assert not torch.equal(new, feats)
+    torch.testing.assert_close(new, extract_features(MeanColour(), replaced.dataset("train"),
+                                                     device="cpu")[0])
+
+
+def test_a_truncated_cache_file_is_rebuilt_with_a_warning(tmp_path):
+    from vissl_lite.eval.features import EvalWarning
+
+    good = (torch.randn(5, 2), torch.arange(5))
+    cached_features(tmp_path, "k", lambda: good)
+    path = tmp_path / "features_k.pt"
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.warns(EvalWarning, match="unreadable feature cache file"):
+        (f, y), hit = cached_features(tmp_path, "k", lambda: good)
+    assert not hit and torch.equal(f, good[0])
+    assert cached_features(tmp_path, "k", lambda: None)[1]         # rewritten whole
+
+
+def test_an_unwritable_cache_folder_warns_and_leaves_no_files(tmp_path):
+    from vissl_lite.eval.features import EvalWarning
+
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the cache folder should be")
+    with pytest.warns(EvalWarning, match="cannot write the feature cache"):
+        (f, _), hit = cached_features(blocker / "cache", "k", lambda: (torch.ones(2, 2), torch.zeros(2)))
+    assert not hit and torch.equal(f, torch.ones(2, 2))
+    assert [p.name for p in tmp_path.iterdir()] == ["not_a_folder"]   # no partial files

@@ -66,4 +66,4 @@ def test_k_is_clipped_to_the_bank_and_errors_are_clear():
         knn_classify(xtr, ytr[:-1], xtr, ytr)
     with pytest.raises(EvalError, match="unknown kNN backend"):
         knn_classify(xtr, ytr, xtr, ytr, backend="annoy")
-    assert EVALUATORS.get("knn") is knn_classify
+    assert EVALUATORS.get("knn").function is knn_classify

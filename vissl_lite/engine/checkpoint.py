@@ -96,13 +96,20 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Dict[
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path} (give a .pt file or a run folder "
                               f"that holds checkpoints/{LAST})")
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save: a zip, or a legacy pickle
+        kind = "an empty file" if not head else ("a text file" if _is_text(head) else "another kind of file")
+        raise CheckpointError(f"{path} is not a checkpoint ({kind}); give a .pt file written by "
+                              f"vissl-lite pretrain, e.g. runs/<run>/checkpoints/last.pt")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''} (the file is truncated or "
-                              f"not a vissl_lite checkpoint; use another one, e.g. "
-                              f"checkpoints/step_*.pt)") from None
+        detail = str(e).splitlines()[0] if str(e) else ""
+        detail = "" if "weights_only" in detail or "Weights only" in detail else f": {detail}"
+        raise CheckpointError(f"cannot read checkpoint {path} ({type(e).__name__}{detail}); the file "
+                              f"is truncated or not a vissl_lite checkpoint; use another one, e.g. "
+                              f"checkpoints/step_*.pt") from None
     if not isinstance(ckpt, dict) or "format_version" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"{path} is not a vissl_lite checkpoint (no 'format_version'/'model' "
                               f"entries); a plain state_dict belongs in backbone.pretrained_path")
@@ -110,6 +117,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Dict[
         raise CheckpointError(f"{path} has checkpoint format {ckpt['format_version']}, newer than "
                               f"this vissl_lite understands ({FORMAT_VERSION}); upgrade vissl_lite")
     return ckpt
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return b"\x00" not in head
 
 
 def check_compatible(ckpt: Dict[str, Any], method: str, backbone: str, source: str = "") -> None:

@@ -11,13 +11,14 @@
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from vissl_lite.errors import EvalError
+from vissl_lite.eval.evaluator import EvalContext, EvalResult, Evaluator
 from vissl_lite.registry import EVALUATORS
 
 
@@ -82,7 +83,6 @@ def alignment_uniformity(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0, t
             "uniformity": uniformity(torch.cat([x, y]), t, max_samples)}
 
 
-@EVALUATORS.register("cluster", help="k-means (FAISS) AMI/ARI vs. labels, and uniformity")
 def cluster_evaluate(train_features: Optional[torch.Tensor], train_labels: Optional[torch.Tensor],
                      test_features: torch.Tensor, test_labels: torch.Tensor,
                      num_clusters: Optional[int] = None, niter: int = 50, nredo: int = 5,
@@ -91,3 +91,59 @@ def cluster_evaluate(train_features: Optional[torch.Tensor], train_labels: Optio
     out = cluster_metrics(test_features, test_labels, num_clusters, niter, nredo, seed)
     out["uniformity"] = uniformity(test_features, t)
     return out
+
+
+def positive_pair_alignment(ctx: EvalContext, count: int) -> Tuple[Dict[str, float], str]:
+    """Alignment of two augmented views of ``count`` test images (the pretraining recipe if known)."""
+    views, recipe = augmented_views(ctx)
+    pairs = ctx.dataset("test", lambda img: torch.stack(views(img)[:2]), subset=count,
+                        seed=ctx.args.seed + 2)
+    torch.manual_seed(ctx.args.seed)
+    x = torch.stack([pairs[i][0] for i in range(len(pairs))])
+    f1, _ = ctx.extract(x[:, 0])
+    f2, _ = ctx.extract(x[:, 1])
+    return {"alignment": alignment(f1, f2)}, recipe
+
+
+def augmented_views(ctx: EvalContext):
+    """(image -> list of >= 2 augmented, normalised views, recipe name): the checkpoint's
+    pretraining augmentation (SimCLR two-view recipe with its config) when the augment package is
+    there, else random resized crop + flip."""
+    from vissl_lite.eval.transforms import train_probe_transform
+
+    try:
+        from vissl_lite.augment import build_cpu_views
+        from vissl_lite.augment.config import AugmentConfig
+        from vissl_lite.augment.spec import ViewSpec
+
+        views = build_cpu_views(ViewSpec("simclr", 2, 0), ctx.info["augment"] or AugmentConfig(),
+                                ctx.image_size)
+        return views, "simclr"
+    except ImportError:
+        crop = train_probe_transform(ctx.image_size, *ctx.mean_std)
+        return (lambda img: [crop(img), crop(img)]), "crop+flip"
+
+
+@EVALUATORS.register("cluster", help="k-means (FAISS) AMI/ARI vs. labels, uniformity, alignment of "
+                                     "augmented pairs")
+class ClusterEvaluator(Evaluator):
+    """``cluster_evaluate`` on the test features, and alignment of ``--pairs`` augmented pairs."""
+
+    needs_labels = needs_test = True
+    function = staticmethod(cluster_evaluate)
+
+    @classmethod
+    def add_arguments(cls, parser):
+        g = parser.add_argument_group("cluster")
+        g.add_argument("--num-clusters", type=int, default=None, help="default: number of classes")
+        g.add_argument("--pairs", type=int, default=1000,
+                       help="test images whose two augmented views measure alignment (0: skip)")
+
+    def run(self, ctx: EvalContext) -> EvalResult:
+        xtr, ytr, xte, yte = ctx.labelled_features()
+        out = EvalResult(cluster_evaluate(xtr, ytr, xte, yte, num_clusters=ctx.args.num_clusters,
+                                          seed=ctx.args.seed))
+        if ctx.args.pairs:
+            pair, out.extra["pair_views"] = positive_pair_alignment(ctx, ctx.args.pairs)
+            out.metrics.update(pair)
+        return out

@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import warnings
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -33,6 +34,13 @@ def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.dev
     if device.type == "cuda" and not torch.cuda.is_available():
         raise EvalError("device 'cuda' was asked for but CUDA is not available; use --device cpu or auto")
     return device
+
+
+def random_subset(n: int, size: Optional[int], seed: int) -> List[int]:
+    """A fixed random ``size`` of ``range(n)`` (all when ``size`` is None or >= n), sorted."""
+    if not size or size >= n:
+        return list(range(n))
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].sort().values.tolist()
 
 
 def _shard(n: int) -> range:
@@ -138,30 +146,102 @@ def file_digest(path: Union[str, os.PathLike], chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def cache_key(model_id: str, data_path: str, split: str, image_size: int,
+class EvalWarning(UserWarning):
+    """Something an evaluation worked around (an unreadable cache file, an unwritable cache folder)."""
+
+
+def data_fingerprint(path: Union[str, os.PathLike, None], dataset: Optional[Dataset] = None) -> str:
+    """SHA-256 of what the images of a data path are, not of its name.
+
+    A folder: every file under it (relative path, size, mtime). An archive or other file: its size
+    and mtime and, when ``dataset`` lists its members (``.samples`` of an ImageFolder archive), the
+    member names with their sizes. Replacing the data behind a path therefore changes the key.
+    """
+    h = hashlib.sha256()
+    if path:
+        p = Path(os.path.expandvars(str(path))).expanduser()
+        if p.is_dir():
+            for root, dirs, files in os.walk(p):
+                dirs.sort()
+                for name in sorted(files):
+                    st = os.stat(os.path.join(root, name))
+                    rel = os.path.relpath(os.path.join(root, name), p)
+                    h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        elif p.exists():
+            st = p.stat()
+            h.update(f"file\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    base = dataset
+    while isinstance(base, Subset):
+        base = base.dataset
+    samples = getattr(base, "samples", None)
+    if samples is not None:
+        h.update(repr([(str(s[0]), int(s[1])) for s in samples]).encode())
+        sizes = getattr(base, "_sizes", None)
+        if sizes is not None:
+            h.update(bytes(memoryview(sizes)))
+    return h.hexdigest()
+
+
+def cache_key(model_id: str, data_id: str, split: str, image_size: int,
               subset: Optional[int] = None, extra: str = "") -> str:
-    """A file-name-safe key for features of one encoder on one split of one data set."""
-    text = "|".join(map(str, (model_id, os.path.abspath(data_path) if data_path else "", split,
-                              image_size, subset, extra)))
+    """A file-name-safe key for features of one encoder on one split of one data set.
+
+    ``model_id`` identifies the weights (a checkpoint's SHA-256), ``data_id`` the images
+    (``data_fingerprint``); ``extra`` the rest that changes features (transform, seed, ...).
+    """
+    text = "|".join(map(str, (model_id, data_id, split, image_size, subset, extra)))
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _read_cache(path: Path) -> Optional[Features]:
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        feats, labels = blob["features"], blob["labels"]
+        if not (isinstance(feats, torch.Tensor) and isinstance(labels, torch.Tensor)
+                and feats.ndim == 2 and len(feats) == len(labels)):
+            raise ValueError("unexpected contents")
+        return feats, labels
+    except Exception as e:  # truncated, corrupt or foreign file: rebuild it
+        warnings.warn(f"ignoring the unreadable feature cache file {path} ({type(e).__name__}); "
+                      f"computing the features again", EvalWarning, stacklevel=3)
+        return None
+
+
+def _write_cache(path: Path, feats: torch.Tensor, labels: torch.Tensor) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"features": feats, "labels": labels}, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        warnings.warn(f"cannot write the feature cache in {path.parent} ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else ''}); continuing without it "
+                      f"(set --cache-dir to a writable folder, or --no-cache)", EvalWarning,
+                      stacklevel=3)
+    finally:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
 
 
 def cached_features(cache_dir: Optional[Union[str, os.PathLike]], key: str,
                     compute: Callable[[], Features]) -> Tuple[Features, bool]:
-    """Load features from ``cache_dir/<key>.pt`` or compute and store them; returns (features, hit).
+    """Load features from ``cache_dir/features_<key>.pt`` or compute and store them; returns
+    (features, hit).
 
-    Only rank 0 writes (atomically); with ``cache_dir=None`` nothing is cached.
+    Only rank 0 writes, atomically (a temporary file, then a rename). An unreadable cache file is
+    ignored (a warning) and rewritten; an unwritable folder gives a warning and no cache. With
+    ``cache_dir=None`` nothing is cached.
     """
     if cache_dir is None:
         return compute(), False
     path = Path(cache_dir) / f"features_{key}.pt"
     if path.is_file():
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        return (blob["features"], blob["labels"]), True
+        cached = _read_cache(path)
+        if cached is not None:
+            return cached, True
     feats, labels = compute()
     if dist.is_main():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"features": feats, "labels": labels}, tmp)
-        os.replace(tmp, path)
+        _write_cache(path, feats, labels)
     return (feats, labels), False

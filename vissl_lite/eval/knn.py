@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from vissl_lite.errors import EvalError
+from vissl_lite.eval.evaluator import EvalContext, EvalResult, Evaluator
 from vissl_lite.eval.metrics import check_features, topk_accuracy
 from vissl_lite.registry import EVALUATORS
 
@@ -107,7 +108,6 @@ def knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, test_f
     return {kk: knn_scores(sims[:, :kk], neighbor_labels[:, :kk], num_classes, temperature) for kk in ks}
 
 
-@EVALUATORS.register("knn", help="weighted kNN classifier (cosine, T-weighted votes; DINO/InstDisc)")
 def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                  test_labels: torch.Tensor, k: Union[int, Iterable[int]] = (20, 200),
                  temperature: float = 0.07, backend: str = "auto", num_classes: Optional[int] = None,
@@ -128,3 +128,45 @@ def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_
         out[f"knn_top1@{kk}"] = acc[1]
         out[f"knn_top5@{kk}"] = acc[5]
     return out
+
+
+CURVE_KS = (1, 2, 5, 10, 20, 50, 100, 200, 500)
+
+
+@EVALUATORS.register("knn", help="weighted kNN classifier (cosine, T-weighted votes; DINO/InstDisc), "
+                                 "top-1 vs k curve")
+class KNNEvaluator(Evaluator):
+    """``knn_classify`` on train -> test features, and top-1 accuracy over a range of k (PNG)."""
+
+    needs_labels = needs_test = True
+    function = staticmethod(knn_classify)
+
+    @classmethod
+    def add_arguments(cls, parser):
+        g = parser.add_argument_group("knn")
+        g.add_argument("--k", type=int, nargs="+", default=[20, 200], help="k of the table")
+        g.add_argument("--k-curve", type=int, nargs="*", default=list(CURVE_KS),
+                       help="k of the accuracy-vs-k curve (none: no curve)")
+        g.add_argument("--temperature", type=float, default=0.07)
+        g.add_argument("--backend", default="auto", choices=BACKENDS)
+
+    def run(self, ctx: EvalContext) -> EvalResult:
+        xtr, ytr, xte, yte = ctx.labelled_features()
+        a = ctx.args
+        curve = sorted(set(min(k, len(xtr)) for k in (a.k_curve or [])))
+        res = knn_classify(xtr, ytr, xte, yte, k=sorted(set(a.k) | set(curve)),
+                           temperature=a.temperature, backend=a.backend,
+                           num_classes=ctx.num_classes(), device=ctx.device)
+        table = {k: v for k, v in res.items() if int(k.split("@")[1]) in {min(k, len(xtr)) for k in a.k}}
+        out = EvalResult(table)
+        if len(curve) > 1:
+            rows = [{"k": k, "top1": res[f"knn_top1@{k}"], "top5": res[f"knn_top5@{k}"]} for k in curve]
+            out.tables["kNN accuracy vs k"] = rows
+            path = ctx.figure_path("knn_vs_k.png")
+            if path is not None:
+                from vissl_lite.eval.plots import line_plot
+
+                out.figures["kNN accuracy (%) vs number of neighbours k"] = line_plot(
+                    path, curve, {"top-1": [r["top1"] for r in rows], "top-5": [r["top5"] for r in rows]},
+                    "k", "accuracy (%)", f"kNN (T={a.temperature})", logx=True)
+        return out

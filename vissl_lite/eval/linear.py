@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from vissl_lite.errors import EvalError
+from vissl_lite.eval.evaluator import EvalContext, EvalResult, Evaluator
 from vissl_lite.eval.features import extract_features, resolve_device
 from vissl_lite.eval.metrics import check_features, topk_accuracy
 from vissl_lite.registry import EVALUATORS
@@ -80,7 +81,6 @@ def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, num_classes: int, 
     return linear
 
 
-@EVALUATORS.register("linear", help="linear probe: logistic regression on frozen features, wd sweep")
 def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                  test_labels: torch.Tensor, weight_decays: Sequence[float] = DEFAULT_WEIGHT_DECAYS,
                  val_fraction: float = 0.1, optimizer: str = "lbfgs", max_iter: int = 500,
@@ -194,3 +194,40 @@ def linear_probe_augmented(encoder: nn.Module, train_dataset: Dataset, test_data
     with torch.no_grad():
         acc = topk_accuracy(head(test_feats.to(device)), test_labels.to(device))
     return {"linear_top1": acc[1], "linear_top5": acc[5], "linear_train_loss": float(loss.detach())}
+
+
+@EVALUATORS.register("linear", help="linear probe: logistic regression on frozen features with a "
+                                    "weight-decay sweep, or the augmented SGD protocol")
+class LinearEvaluator(Evaluator):
+    """``linear_probe`` on cached features (fast) or ``linear_probe_augmented`` (standard)."""
+
+    needs_labels = needs_test = True
+    function = staticmethod(linear_probe)
+
+    @classmethod
+    def add_arguments(cls, parser):
+        g = parser.add_argument_group("linear")
+        g.add_argument("--mode", default="fast", choices=["fast", "standard"],
+                       help="fast: logistic regression on cached features with a weight-decay sweep; "
+                            "standard: crop+flip through the encoder for --epochs")
+        g.add_argument("--weight-decays", type=float, nargs="+", default=list(DEFAULT_WEIGHT_DECAYS))
+        g.add_argument("--optimizer", default="lbfgs", choices=["lbfgs", "sgd"], help="fast mode")
+        g.add_argument("--epochs", type=int, default=100, help="standard mode, or fast mode with sgd")
+        g.add_argument("--lr", type=float, default=0.1, help="SGD lr (standard mode: per 256 images)")
+
+    def run(self, ctx: EvalContext) -> EvalResult:
+        from vissl_lite import distributed as dist
+        from vissl_lite.eval.transforms import train_probe_transform
+
+        a = ctx.args
+        xtr, ytr, xte, yte = ctx.labelled_features()
+        num_classes = ctx.num_classes()
+        if a.mode == "fast":
+            return EvalResult(linear_probe(xtr, ytr, xte, yte, weight_decays=a.weight_decays,
+                                           optimizer=a.optimizer, epochs=a.epochs, lr=a.lr,
+                                           num_classes=num_classes, device=ctx.device, seed=a.seed))
+        aug_train = ctx.dataset("train", train_probe_transform(ctx.image_size, *ctx.mean_std))
+        return EvalResult(linear_probe_augmented(
+            ctx.encoder, aug_train, ctx.dataset("test"), num_classes, epochs=a.epochs,
+            batch_size=a.batch_size, lr=a.lr, device=ctx.device, num_workers=a.num_workers,
+            precision=a.precision, seed=a.seed, progress=dist.is_main()))

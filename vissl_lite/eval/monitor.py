@@ -25,7 +25,7 @@ from vissl_lite import distributed as dist
 from vissl_lite.config import global_view_size
 from vissl_lite.data import has_labels
 from vissl_lite.errors import DataError, EvalError
-from vissl_lite.eval.features import extract_features, resolve_device
+from vissl_lite.eval.features import extract_features, random_subset, resolve_device
 from vissl_lite.eval.knn import knn_classify
 from vissl_lite.eval.metrics import topk_accuracy
 from vissl_lite.eval.rankme import rankme
@@ -93,12 +93,6 @@ class OnlineLinearHead(nn.Module):
         return {"online_linear_top1": acc[1], "online_linear_top5": acc[5]}
 
 
-def _random_subset(n: int, size: Optional[int], seed: int):
-    if not size or size >= n:
-        return list(range(n))
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].sort().values.tolist()
-
-
 def load_uint8_subset(data_cfg, split: str, size: Optional[int], image_size: int, seed: int = 0,
                       num_workers: int = 0) -> ImagesLabels:
     """A fixed random subset of a split, resized/center-cropped, as (uint8 (N,3,S,S), labels (N,))."""
@@ -107,7 +101,7 @@ def load_uint8_subset(data_cfg, split: str, size: Optional[int], image_size: int
     dataset = build_dataset(data_cfg, split, transform=uint8_transform(image_size))
     if len(dataset) == 0:
         raise EvalError(f"the {split} split of {data_cfg.root} is empty; the monitor needs images")
-    subset = Subset(dataset, _random_subset(len(dataset), size, seed))
+    subset = Subset(dataset, random_subset(len(dataset), size, seed))
     images, labels = [], []
     for x, y in DataLoader(subset, batch_size=512, num_workers=num_workers):
         images.append(x.as_subclass(torch.Tensor))
