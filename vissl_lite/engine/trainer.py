@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from vissl_lite import distributed as vdist
+from vissl_lite.autoconf import describe_auto, resolve_auto
 from vissl_lite.engine.checkpoint import (FORMAT_VERSION, CheckpointManager, check_compatible,
                                           find_resume, load_checkpoint)
 from vissl_lite.engine.logger import RunLogger, log, setup_console_logging
@@ -157,8 +158,11 @@ class Trainer:
     def _fit(self) -> Dict[str, Any]:
         from vissl_lite.config import save_config, to_dict
 
-        cfg, t = self.cfg, self.cfg.train
         device = self._setup_device()
+        resolved = resolve_auto(self.cfg, device, custom_data=self.dataset is not None
+                                or self.transform is not None)   # `auto` values, for this device
+        auto_summary, self.cfg = describe_auto(self.cfg, resolved), resolved
+        cfg, t = self.cfg, self.cfg.train
         rank, world = vdist.rank(), vdist.world_size()
         main = rank == 0
         seed_everything(cfg.seed, cfg.deterministic)
@@ -232,6 +236,8 @@ class Trainer:
             save_config(cfg, self.output_dir / "config.yaml")
         self.logger = RunLogger(self.output_dir, cfg.logger, config_dict, enabled=main,
                                 resume_step=self.state["step"] if ckpt is not None else None)
+        if auto_summary:
+            self.logger.info(auto_summary)   # what `auto` resolved to (config.yaml has it too)
         if ckpt is not None:
             self.logger.info(f"resumed from {ckpt_path} at step {self.state['step']} "
                              f"(epoch {self.state['epoch']}, batch {self.state['batch_in_epoch']})")
