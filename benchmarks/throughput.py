@@ -112,7 +112,8 @@ def run_ours(job: Dict[str, Any]) -> Dict[str, Any]:
         seconds = marks[-1] - marks[job["warmup"] - 1]
         return {"images_per_s": timed * cfg.train.batch_size / seconds, "seconds": seconds,
                 "timed_steps": timed, "peak_gb": peak_memory_gb(device),
-                "backbone": cfg.backbone.name, "device": str(device)}
+                "backbone": cfg.backbone.name, "device": str(device),
+                "step_marks": marks[job["warmup"] - 1:]}
 
 
 # --------------------------------------------------------------------------- lightly rows
@@ -244,7 +245,7 @@ def run_lightly(job: Dict[str, Any]) -> Dict[str, Any]:
 
     batches = iter(loader)
     total = job["warmup"] + job["steps"]
-    start = None
+    start, marks = None, []
     model.train()
     for i in range(total):
         try:
@@ -264,13 +265,16 @@ def run_lightly(job: Dict[str, Any]) -> Dict[str, Any]:
             sync(device)
             reset_peak_memory(device)
             start = time.perf_counter()
+        if i >= job["warmup"] - 1:
+            marks.append(time.perf_counter())
     sync(device)
+    marks[-1] = time.perf_counter()
     seconds = time.perf_counter() - start
     if not torch.isfinite(loss.detach()).item():
         raise SystemExit(f"lightly baseline: non-finite loss {loss.item()}")
     return {"images_per_s": job["steps"] * job["batch_size"] / seconds, "seconds": seconds,
             "timed_steps": job["steps"], "peak_gb": peak_memory_gb(device),
-            "backbone": job["backbone"] or "resnet18", "device": str(device)}
+            "backbone": job["backbone"] or "resnet18", "device": str(device), "step_marks": marks}
 
 
 # --------------------------------------------------------------------------- driver

@@ -113,7 +113,7 @@ def test_center_update_and_teacher_temperature_schedule():
 
     warmup = np.linspace(0.04, 0.07, 30)  # the reference code's per-epoch schedule
     for epoch in (0, 7, 29, 30, 100):
-        method.steps_done.fill_(epoch * method.steps_per_epoch + 3)
+        method.set_steps_done(epoch * method.steps_per_epoch + 3)
         expected = warmup[epoch] if epoch < 30 else 0.07
         assert method.training_step({"views": crops}).metrics["teacher_temp"] == pytest.approx(expected)
 

@@ -53,9 +53,12 @@ REQUIRED = ("data.root",)
 
 #: keys whose value must be one of a few words (checked after merging, with the list in the error)
 CHOICES = {
-    "train.precision": ("fp32", "bf16", "fp16"),
+    "train.precision": ("auto", "fp32", "bf16", "fp16"),
+    "train.channels_last": ("auto", True, False),
+    "train.compile": ("auto", True, False),
+    "data.num_workers": ("auto", int),
     "train.device": ("auto", "cpu", "cuda"),
-    "augment.path": ("cpu", "gpu"),
+    "augment.path": ("auto", "cpu", "gpu"),
     "data.on_corrupt": ("error", "skip"),
     "optim.name": ("sgd", "adamw", "lars"),
     "logger.wandb.mode": ("online", "offline", "disabled"),
@@ -209,11 +212,12 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[st
                               f"line, e.g. {key}=/path/to/data")
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
-        if value not in allowed:
-            raise ConfigError(f"invalid value {key}={value!r}: choose one of {', '.join(allowed)}")
+        if not _allowed(value, allowed):
+            words = ", ".join("an integer" if a is int else str(a).lower() for a in allowed)
+            raise ConfigError(f"invalid value {key}={value!r}: choose one of {words}")
     for key, minimum in MINIMUMS.items():
         value = OmegaConf.select(cfg, key)
-        if value is not None and value < minimum:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < minimum:
             raise ConfigError(f"invalid value {key}={value!r}: it must be >= {minimum}")
     try:
         OmegaConf.resolve(cfg)
@@ -226,6 +230,19 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[st
                           f"on the command line ({missing[0]}=...)")
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+def _allowed(value: Any, allowed: Sequence[Any]) -> bool:
+    """``value`` is one of ``allowed`` (the type ``int`` admits any non-negative integer;
+    booleans only match booleans)."""
+    for a in allowed:
+        if a is int and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return True
+        if isinstance(a, bool) and isinstance(value, bool) and a == value:
+            return True
+        if isinstance(a, str) and isinstance(value, str) and a == value:
+            return True
+    return False
 
 
 def default_config(method: str = "simclr", overrides: Sequence[str] = ()) -> DictConfig:

@@ -11,7 +11,7 @@ from typing import List, Optional
 
 @dataclass
 class AugmentConfig:
-    path: str = "cpu"                          # cpu (DataLoader workers) | gpu (batched on device)
+    path: str = "cpu"                          # auto | cpu (DataLoader workers) | gpu (on device)
     global_size: Optional[int] = None          # null: the data's image size
     local_size: Optional[int] = None           # multi-crop local views (null: 96 at 224, size/2 below)
     num_local: Optional[int] = None            # override the method's number of local crops

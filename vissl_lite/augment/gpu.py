@@ -40,6 +40,7 @@ from vissl_lite.augment.recipes import ViewParams, resolve_views
 from vissl_lite.augment.spec import ViewSpec
 
 SOLARIZE_THRESHOLD = 128 / 255
+CROP_TRIES = 10                      # torchvision's RandomResizedCrop tries 10 boxes
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 
 
@@ -55,10 +56,14 @@ def _rand(shape, generator: Optional[torch.Generator], device, dtype=torch.float
 def sample_crop_boxes(n: int, height: int, width: int, scale: Tuple[float, float],
                       ratio: Tuple[float, float] = (3 / 4, 4 / 3),
                       generator: Optional[torch.Generator] = None, device=None,
-                      tries: int = 10) -> torch.Tensor:
-    """``n`` boxes (top, left, h, w) as ``RandomResizedCrop.get_params`` draws them, vectorised."""
+                      tries: int = 10, uniforms: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``n`` boxes (top, left, h, w) as ``RandomResizedCrop.get_params`` draws them, vectorised.
+
+    ``uniforms`` (n, 2 * tries + 2) float64 in [0, 1) replaces the draws (``GPUViews.draw``)."""
     area = height * width
-    u = _rand((n, tries, 2), generator, device, torch.float64)
+    if uniforms is None:
+        uniforms = _rand((n, 2 * tries + 2), generator, device, torch.float64)
+    u = uniforms[:, :2 * tries].reshape(n, tries, 2)
     target_area = area * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     aspect = torch.exp(log_lo + (log_hi - log_lo) * u[..., 1])
@@ -80,7 +85,7 @@ def sample_crop_boxes(n: int, height: int, width: int, scale: Tuple[float, float
     w = torch.where(found, w, torch.full_like(w, fw))
     h = torch.where(found, h, torch.full_like(h, fh))
 
-    pos = _rand((n, 2), generator, device, torch.float64)
+    pos = uniforms[:, 2 * tries:]
     top = torch.where(found, torch.floor(pos[:, 0] * (height - h + 1)), (height - h) // 2)
     left = torch.where(found, torch.floor(pos[:, 1] * (width - w + 1)), (width - w) // 2)
     return torch.stack([top, left, h, w], dim=1).long()
@@ -113,8 +118,8 @@ def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: int,
 # ---------------------------------------------------------------------------- colour ops ------
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
-    weights = x.new_tensor(GRAY_WEIGHTS).view(1, 3, 1, 1)
-    return (x * weights).sum(dim=1, keepdim=True)
+    r, g, b = x.split(1, dim=1)          # Python-scalar weights: no tensor built from host data
+    return GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b
 
 
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -128,7 +133,7 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     hue = torch.where(maxc == r, (g - b) / safe,
                       torch.where(maxc == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
     hue = torch.remainder(hue + 6.0 * shift.view(-1, 1, 1, 1), 6.0)   # in sextants
-    k = torch.remainder(x.new_tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1) + hue, 6.0)
+    k = torch.remainder(torch.cat([hue + 5.0, hue + 3.0, hue + 1.0], dim=1), 6.0)
     return maxc - delta * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
 
 
@@ -141,7 +146,8 @@ def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor,
 
     Brightness, contrast and saturation are each ``lerp(reference, x, factor)`` with reference
     zero, the mean gray level or the gray image, so one step serves all samples whatever op
-    their order puts there; hue runs on the samples whose turn it is.
+    their order puts there; hue is computed for every sample at every step and kept
+    (``torch.where``) where it is that sample's turn, so that shapes never depend on the data.
     """
     n = x.shape[0]
     order = order.to(x.device)
@@ -152,19 +158,14 @@ def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor,
                               blend.gather(1, order.clamp(max=2)))       # (n, 4 steps)
     use_mean = (order == 1).to(x.dtype)
     use_gray = (order == 2).to(x.dtype)
-    if with_hue:
-        hue_step = torch.where(active, (order == 3).to(torch.uint8).argmax(dim=1), 4)
-        by_step = hue_step.argsort()
-        counts = torch.bincount(hue_step, minlength=5).tolist()
-        hue_rows = by_step.split(counts)
+    hue_now = (order == 3) & active[:, None]                             # (n, 4 steps)
     for step in range(4):
         gray = _gray(x)
         reference = (use_gray[:, step].view(n, 1, 1, 1) * gray
                      + use_mean[:, step].view(n, 1, 1, 1) * gray.mean(dim=(2, 3), keepdim=True))
         x = torch.lerp(reference, x, step_factor[:, step].view(n, 1, 1, 1)).clamp_(0, 1)
-        if with_hue and counts[step]:
-            rows = hue_rows[step]
-            x[rows] = adjust_hue(x[rows], factors[rows, 3])
+        if with_hue:
+            x = torch.where(hue_now[:, step].view(n, 1, 1, 1), adjust_hue(x, factors[:, 3]), x)
     return x
 
 
@@ -235,33 +236,54 @@ class GPUViews(nn.Module):
                 g.probs[k].append(getattr(v, k))
         self.groups = list(groups.values())
 
+    def draw(self, batch: int, device=None,
+             generator: Optional[torch.Generator] = None) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """All the random numbers of one call, two uniform tensors per group: (n, 22) float64 for
+        the crop boxes and (n, 14) float32 for the rest. Drawn in a fixed order (deterministic
+        under a seed); everything after this is a pure function of them (see ``render``)."""
+        out = []
+        for g in self.groups:
+            n = len(g.view_ids) * batch
+            out.append((_rand((n, 2 * CROP_TRIES + 2), generator, device, torch.float64),
+                        _rand((n, 14), generator, device)))
+        return out
+
+    def params_from(self, draws: List[Tuple[torch.Tensor, torch.Tensor]], batch: int,
+                    height: int, width: int) -> List[BatchParams]:
+        """One ``BatchParams`` per group from the draws of ``draw``. Probabilities and ranges are
+        Python numbers (no tensor is built from host data); a per-view probability is compared
+        with the rows of that view."""
+        out = []
+        for g, (box_u, u) in zip(self.groups, draws):
+            v = g.view
+
+            def happens(column: int, name: str) -> torch.Tensor:
+                probs = g.probs[name]
+                if len(set(probs)) == 1:
+                    return u[:, column] < probs[0]
+                return torch.cat([u[i * batch:(i + 1) * batch, column] < p
+                                  for i, p in enumerate(probs)])
+
+            bri, con, sat, hue = v.jitter
+            ranges = ((max(0.0, 1 - bri), 1 + bri), (max(0.0, 1 - con), 1 + con),
+                      (max(0.0, 1 - sat), 1 + sat), (-hue, hue))
+            factors = torch.stack([lo + (hi - lo) * u[:, 5 + i] for i, (lo, hi) in enumerate(ranges)],
+                                  dim=1)
+            blur = happens(3, "blur_p")
+            sigma = v.blur_sigma[0] + (v.blur_sigma[1] - v.blur_sigma[0]) * u[:, 9]
+            out.append(BatchParams(
+                boxes=sample_crop_boxes(u.shape[0], height, width, v.scale, v.ratio,
+                                        tries=CROP_TRIES, uniforms=box_u),
+                flip=happens(0, "flip_p"), jitter=happens(1, "jitter_p"), factors=factors,
+                order=u[:, 10:14].argsort(dim=1), gray=happens(2, "grayscale_p"), blur=blur,
+                sigma=torch.where(blur, sigma, torch.zeros_like(sigma)),
+                solarize=happens(4, "solarize_p")))
+        return out
+
     def sample_params(self, batch: int, height: int, width: int, device=None,
                       generator: Optional[torch.Generator] = None) -> List[BatchParams]:
         """One ``BatchParams`` per group, drawn in a fixed order (deterministic under a seed)."""
-        out = []
-        for g in self.groups:
-            v, k = g.view, len(g.view_ids)
-            n = k * batch
-
-            def per_row(name):
-                return torch.tensor(g.probs[name], device=device).repeat_interleave(batch)
-
-            boxes = sample_crop_boxes(n, height, width, v.scale, v.ratio, generator, device)
-            u = _rand((n, 10), generator, device)
-            bri, con, sat, hue = v.jitter
-            lo = torch.tensor([max(0.0, 1 - bri), max(0.0, 1 - con), max(0.0, 1 - sat), -hue],
-                              device=device)
-            hi = torch.tensor([1 + bri, 1 + con, 1 + sat, hue], device=device)
-            factors = lo + (hi - lo) * u[:, 5:9]
-            order = _rand((n, 4), generator, device).argsort(dim=1)
-            blur = u[:, 3] < per_row("blur_p")
-            sigma = v.blur_sigma[0] + (v.blur_sigma[1] - v.blur_sigma[0]) * u[:, 9]
-            out.append(BatchParams(
-                boxes=boxes, flip=u[:, 0] < per_row("flip_p"), jitter=u[:, 1] < per_row("jitter_p"),
-                factors=factors, order=order, gray=u[:, 2] < per_row("grayscale_p"), blur=blur,
-                sigma=torch.where(blur, sigma, torch.zeros_like(sigma)),
-                solarize=u[:, 4] < per_row("solarize_p")))
-        return out
+        return self.params_from(self.draw(batch, device, generator), batch, height, width)
 
     def apply(self, images: torch.Tensor, params: List[BatchParams]) -> List[torch.Tensor]:
         """Render the views of ``images`` (uint8 or float in [0, 1]) with given parameters."""
@@ -282,11 +304,19 @@ class GPUViews(nn.Module):
                 x = gaussian_blur(x, p.sigma, v.blur_kernel)
             if any(g.probs["solarize_p"]):
                 x = solarize(x, p.solarize.to(x.device))
-            x = x.sub_(x.new_tensor(v.mean).view(1, 3, 1, 1))
-            x = x.div_(x.new_tensor(v.std).view(1, 3, 1, 1))
+            for c in range(3):                      # normalise with Python-scalar mean and std
+                x[:, c].sub_(v.mean[c]).div_(v.std[c])
             for slot, i in enumerate(g.view_ids):
                 views[i] = x[slot * batch:(slot + 1) * batch]
         return views  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def render(self, images: torch.Tensor,
+               draws: List[Tuple[torch.Tensor, torch.Tensor]]) -> List[torch.Tensor]:
+        """The views of ``images`` for the random numbers ``draws`` (from ``draw``): the part to
+        ``torch.compile`` when a seeded ``torch.Generator`` is used (dynamo cannot trace one)."""
+        return self.apply(images, self.params_from(draws, images.shape[0], images.shape[2],
+                                                   images.shape[3]))
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor,
@@ -294,9 +324,7 @@ class GPUViews(nn.Module):
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"GPU views expect a batch of RGB images (B, 3, H, W), got shape "
                              f"{tuple(images.shape)}")
-        params = self.sample_params(images.shape[0], images.shape[2], images.shape[3],
-                                    images.device, generator)
-        return self.apply(images, params)
+        return self.render(images, self.draw(images.shape[0], images.device, generator))
 
     def extra_repr(self) -> str:
         return f"{len(self.views)} views: " + ", ".join(str(v.size) for v in self.views)

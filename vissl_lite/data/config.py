@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 
 #: data sets that need no data.root: they live in $VISSL_LITE_DATA (and download there)
@@ -20,6 +20,6 @@ class DataConfig:
     image_size: Optional[int] = None  # null: the data set's native size (32 for CIFAR)
     in_memory: bool = False           # decode once into a uint8 tensor (cached on disk)
     cache_dir: Optional[str] = None   # uint8 cache; null: $VISSL_LITE_CACHE or ~/.cache/vissl_lite
-    num_workers: int = 4
+    num_workers: Any = 4              # auto | DataLoader worker processes (auto: autoconf.py)
     shuffle_buffer: int = 1000        # data.name=shards: samples in each worker's shuffle buffer
     subset: Optional[int] = None      # quick runs: fixed class-balanced random N samples per split

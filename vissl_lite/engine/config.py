@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, List, Optional
 
 
 @dataclass
@@ -28,9 +28,9 @@ class TrainConfig:
     max_steps: Optional[int] = None   # stop after this many optimizer steps (quick runs, tests)
     batch_size: int = 256             # global: split across ranks and accumulation steps
     accumulate: int = 1
-    precision: str = "fp32"           # fp32 | bf16 | fp16
-    channels_last: bool = False
-    compile: bool = False
+    precision: str = "fp32"           # auto | fp32 | bf16 | fp16   (auto: vissl_lite/autoconf.py)
+    channels_last: Any = False        # auto | true | false
+    compile: Any = False              # auto | true | false
     grad_clip: Optional[float] = None
     sync_bn: bool = False             # SyncBatchNorm across ranks (GPU only)
     find_unused_parameters: bool = False  # DDP: set when some trainable parameters get no grad

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from vissl_lite import distributed as vdist
+from vissl_lite.autoconf import describe_auto, resolve_auto
 from vissl_lite.config import save_config
 from vissl_lite.data.loader import describe_train_data
 from vissl_lite.engine.checkpoint import BEST, CheckpointManager, atomic_save
@@ -65,8 +66,13 @@ class Trainer:
     def fit(self) -> Dict[str, Any]:
         setup_console_logging()
         runtime = Runtime.create(self.cfg.train)
+        resolved = resolve_auto(self.cfg, runtime.device, custom_data=self.dataset is not None
+                                or self.transform is not None)   # `auto` values, for this device
+        auto_summary, self.cfg = describe_auto(self.cfg, resolved), resolved
         with StopSignal(runtime.device) as stop:
             self._build(runtime, stop)
+            if auto_summary:
+                self.logger.info(auto_summary)   # what `auto` resolved to (config.yaml has it too)
             try:
                 result = self._loop(stop)
             except BaseException:

@@ -89,6 +89,9 @@ class Method(nn.Module):
     #: config overrides giving a small instance (narrow heads) for the generic tests, which are
     #: parametrised over the registry, and for CPU smoke benchmarks
     tiny_config: ClassVar[Dict[str, Any]] = {}
+    #: training_step compiles as one graph (tests/test_step_hygiene.py checks every method), so
+    #: ``train.compile=auto`` turns torch.compile on for it on a GPU; set False to opt out
+    compile_ok: ClassVar[bool] = True
 
     def __init__(self, backbone: nn.Module, cfg: Any = None):
         super().__init__()

@@ -54,7 +54,7 @@ class DINOConfig:
 
 
 def dino_loss(student_out: Sequence[torch.Tensor], teacher_out: Sequence[torch.Tensor],
-              center: torch.Tensor, teacher_temp: float, student_temp: float) -> torch.Tensor:
+              center: torch.Tensor, teacher_temp, student_temp: float) -> torch.Tensor:
     """Cross-entropy between centred/sharpened teacher and student outputs, over crop pairs.
 
     ``student_out``: one (B, K) tensor per crop (globals first, in the teacher's order);
@@ -127,9 +127,16 @@ class DINO(Method):
         for p in [*self.teacher_backbone.parameters(), *self.teacher_head.parameters()]:
             p.requires_grad_(False)
         self.register_buffer("center", torch.zeros(1, c.out_dim))
-        # optimizer steps completed; in the state dict so that a resumed run uses the same schedules
+        # Optimizer steps completed: a Python int for the schedules (reading a device counter on
+        # the host would stall every step), mirrored in the ``steps_done`` buffer so that
+        # checkpoints carry it; loading a state dict restores the int from the buffer.
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+        self.steps_done_int = 0
+        # this step's teacher temperature, on the device: a changing Python float read in a
+        # compiled training_step would recompile it whenever the schedule moves
+        self.register_buffer("current_teacher_temp", torch.tensor(c.warmup_teacher_temp), persistent=False)
         self.steps_per_epoch = None
+        self.register_load_state_dict_post_hook(_restore_step_counter)
 
     def _epoch(self, step: int) -> int:
         if not self.steps_per_epoch:
@@ -137,13 +144,27 @@ class DINO(Method):
                                "steps_per_epoch) before training (the Trainer does)")
         return step // self.steps_per_epoch
 
+    def setup(self, total_steps: int, steps_per_epoch: int) -> None:
+        super().setup(total_steps, steps_per_epoch)
+        self.set_steps_done(self.steps_done_int)
+
+    def set_steps_done(self, steps: int) -> None:
+        """Set the step counter (a Python int and its buffer) and this step's temperature."""
+        self.steps_done_int = int(steps)
+        self.steps_done.fill_(self.steps_done_int)
+        if self.steps_per_epoch:
+            c = self.cfg
+            self.current_teacher_temp.fill_(teacher_temperature(
+                self._epoch(self.steps_done_int), c.warmup_teacher_temp, c.teacher_temp,
+                c.warmup_teacher_temp_epochs))
+
     def training_step(self, batch: Dict[str, Any]) -> StepOutput:
         crops = batch["views"]
         if len(crops) < 2:
             raise ValueError(f"DINO needs 2 global crops (+ local crops), got {len(crops)} views")
         c = self.cfg
-        temp = teacher_temperature(self._epoch(int(self.steps_done)), c.warmup_teacher_temp,
-                                   c.teacher_temp, c.warmup_teacher_temp_epochs)
+        self._epoch(0)  # fails clearly before setup()
+        temp = self.current_teacher_temp
         with torch.no_grad():
             teacher_features, teacher_out = _forward_by_resolution(
                 self.teacher_backbone, self.teacher_head, crops[:2])
@@ -154,7 +175,7 @@ class DINO(Method):
             probs = F.softmax((teacher_out.float() - self.center) / temp, dim=-1)
             entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean()
         update_center(self.center, teacher_out, c.center_momentum)
-        return StepOutput(loss, {"teacher_temp": temp, "teacher_entropy": entropy})
+        return StepOutput(loss, {"teacher_temp": temp.clone(), "teacher_entropy": entropy})
 
     def on_before_optimizer_step(self, step: int) -> None:
         if self._epoch(step) < self.cfg.freeze_last_layer:
@@ -170,7 +191,13 @@ class DINO(Method):
         m = teacher_momentum(step, total_steps, self.cfg.momentum_teacher, self.cfg.momentum_teacher_end)
         ema_update(self.teacher_backbone, self.backbone, m, copy_buffers=False)
         ema_update(self.teacher_head, self.head, m, copy_buffers=False)
-        self.steps_done.fill_(step + 1)
+        self.set_steps_done(step + 1)
 
     def backbone_for_eval(self) -> nn.Module:
         return self.teacher_backbone
+
+
+def _restore_step_counter(module: DINO, incompatible_keys) -> None:
+    """After ``load_state_dict``: the Python step counter from the loaded ``steps_done`` buffer
+    (read once when loading, never in a step)."""
+    module.set_steps_done(int(module.steps_done))

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vissl_lite.augment.masks import BlockMasks, block_masks
+from vissl_lite.augment.masks import BlockMasks, BlockMaskSampler
 from vissl_lite.augment.spec import ViewSpec
 from vissl_lite.errors import ConfigError
 from vissl_lite.methods.ema import ema_update
@@ -118,6 +118,13 @@ class IJEPA(Method):
                                        depth=cfg.predictor_depth, num_heads=cfg.predictor_heads)
         self.target_encoder = copy.deepcopy(backbone).requires_grad_(False).eval()
         self.momentum = float(cfg.momentum_start)
+        # the logged momentum lives on the device so that the compiled step never sees a new
+        # Python constant (which would recompile it at every step)
+        self.register_buffer("ema_momentum", torch.tensor(self.momentum), persistent=False)
+        self.mask_sampler = BlockMaskSampler(
+            self.grid_size, num_targets=cfg.num_targets, target_scale=tuple(cfg.target_scale),
+            target_aspect=tuple(cfg.target_aspect), context_scale=tuple(cfg.context_scale),
+            min_keep=cfg.min_keep)
 
     def train(self, mode: bool = True) -> "IJEPA":
         super().train(mode)
@@ -127,12 +134,9 @@ class IJEPA(Method):
     def sample_masks(self, batch: int, device: torch.device,
                      generator: Optional[torch.Generator] = None) -> BlockMasks:
         """Context and target blocks, disjoint per sample; unpacks as
-        ``context_idx (B, Kc), [target_idx (B, Kt)] * num_targets``."""
-        return block_masks(batch, self.grid_size, num_targets=self.cfg.num_targets,
-                           target_scale=tuple(self.cfg.target_scale),
-                           target_aspect=tuple(self.cfg.target_aspect),
-                           context_scale=tuple(self.cfg.context_scale),
-                           min_keep=self.cfg.min_keep, device=device, generator=generator)
+        ``context_idx (B, Kc), [target_idx (B, Kt)] * num_targets`` with Kc and Kt fixed for
+        the run (``BlockMaskSampler``: the paper's per-batch minimum, derived from the config)."""
+        return self.mask_sampler(batch, device, generator)
 
     @torch.no_grad()
     def target_tokens(self, images: torch.Tensor) -> torch.Tensor:
@@ -165,7 +169,8 @@ class IJEPA(Method):
         context_idx, target_idx = self.sample_masks(images.shape[0], images.device)
         preds, targets, z = self.predict(images, context_idx, target_idx)
         loss = self.prediction_loss(preds, targets)
-        return StepOutput(loss=loss, metrics={"pred_loss": loss.detach(), "ema_momentum": self.momentum})
+        return StepOutput(loss=loss, metrics={"pred_loss": loss.detach(),
+                                              "ema_momentum": self.ema_momentum.clone()})
 
     def momentum_at(self, step: int, total_steps: int) -> float:
         schedule = SCHEDULES[self.cfg.momentum_schedule]
@@ -175,6 +180,7 @@ class IJEPA(Method):
         """EMA update of the target encoder: theta_t <- m * theta_t + (1 - m) * theta_context."""
         self.momentum = self.momentum_at(step, total_steps)
         ema_update(self.target_encoder, self.backbone, self.momentum)
+        self.ema_momentum.fill_(self.momentum)
 
     def backbone_for_eval(self) -> nn.Module:
         """The EMA target encoder, as evaluated in the paper."""

@@ -125,6 +125,8 @@ class MAE(Method):
         self.patch_size = int(backbone.patch_size)
         self.grid_size = tuple(int(g) for g in backbone.grid_size)
         self.num_patches = int(backbone.num_patches)
+        # the step reads plain Python attributes, not the config object (one graph under compile)
+        self.mask_ratio, self.norm_pix_loss = float(cfg.mask_ratio), bool(cfg.norm_pix_loss)
         self.decoder = MAEDecoder(backbone.embed_dim, self.grid_size, self.patch_size,
                                   dim=cfg.decoder_dim, depth=cfg.decoder_depth,
                                   num_heads=cfg.decoder_heads, mlp_ratio=cfg.decoder_mlp_ratio)
@@ -132,7 +134,7 @@ class MAE(Method):
     def patch_targets(self, images: torch.Tensor) -> torch.Tensor:
         """Reconstruction targets (B, N, p*p*3): patches of ``images``, standardised if norm_pix_loss."""
         target = patchify(images, self.patch_size)
-        if self.cfg.norm_pix_loss:
+        if self.norm_pix_loss:
             mean = target.mean(dim=-1, keepdim=True)
             var = target.var(dim=-1, keepdim=True)
             target = (target - mean) / (var + 1e-6).sqrt()
@@ -148,7 +150,7 @@ class MAE(Method):
 
     def _encode_decode(self, images: torch.Tensor, generator: Optional[torch.Generator]):
         keep_idx, mask_idx = random_patch_mask(images.shape[0], self.num_patches,
-                                               self.cfg.mask_ratio, images.device, generator)
+                                               self.mask_ratio, images.device, generator)
         latent = self.backbone.forward_tokens(images, keep_idx)
         return latent, self.decoder(latent, keep_idx), keep_idx, mask_idx
 

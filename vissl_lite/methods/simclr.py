@@ -56,9 +56,8 @@ def nt_xent_loss(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> to
     own = torch.arange(n, device=z_a.device) + (rank() * n if big_n > n else 0)
     self_col = torch.cat([own, own + big_n])               # an anchor is not its own negative
     positive_col = torch.cat([own + big_n, own])           # view a of i <-> view b of i
-    rows = torch.arange(2 * n, device=z_a.device)
-    self_mask = torch.zeros_like(logits, dtype=torch.bool)
-    self_mask[rows, self_col] = True
+    cols = torch.arange(2 * big_n, device=z_a.device)
+    self_mask = cols[None, :] == self_col[:, None]        # built on the device (no host copy)
     logits = logits.masked_fill(self_mask, float("-inf"))
     return F.cross_entropy(logits, positive_col)
 
