@@ -45,6 +45,7 @@ def loss_on_ranks(loss_fn: Callable, inputs: Sequence[torch.Tensor], args: tuple
                   world: int = 2) -> List[Dict]:
     """Each gloo rank gets a contiguous shard (dim 0) of every input and computes
     ``loss_fn(*shards, *args)``; returns every rank's loss and gradients w.r.t. its shards."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     mp.spawn(_worker, args=(world, free_port(), loss_fn, list(inputs), args, str(out_dir)),
              nprocs=world, join=True)
     return [torch.load(Path(out_dir) / f"rank{r}.pt") for r in range(world)]
