@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vissl_lite.augment.crops import sample_gaussian_boxes
 from vissl_lite.augment.recipes import ViewParams, resolve_views
 from vissl_lite.augment.spec import ViewSpec
 
@@ -246,7 +247,11 @@ class GPUViews(nn.Module):
             def per_row(name):
                 return torch.tensor(g.probs[name], device=device).repeat_interleave(batch)
 
-            boxes = sample_crop_boxes(n, height, width, v.scale, v.ratio, generator, device)
+            if v.crop == "rrc":
+                boxes = sample_crop_boxes(n, height, width, v.scale, v.ratio, generator, device)
+            else:                                      # label-preserving crops (crops.py)
+                boxes = sample_gaussian_boxes(n, height, width, v.crop, v.crop_frac, v.crop_alpha,
+                                              v.crop_shift, generator, device)
             u = _rand((n, 10), generator, device)
             bri, con, sat, hue = v.jitter
             lo = torch.tensor([max(0.0, 1 - bri), max(0.0, 1 - con), max(0.0, 1 - sat), -hue],
