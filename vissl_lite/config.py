@@ -143,10 +143,13 @@ def _method_schema(name: str) -> DictConfig:
     return OmegaConf.structured(cls.Config)
 
 
-def _schema(method_name: str) -> DictConfig:
+def _schema(method_name: str, base_name: Optional[str] = None) -> DictConfig:
     schema = OmegaConf.structured(ExperimentConfig)
     OmegaConf.set_struct(schema, False)
     schema.method = _method_schema(method_name)
+    if base_name is not None and "base" in schema.method:
+        # an add-on method (methods/addon.py) nests the config of the method it wraps
+        schema.method.base = _method_schema(base_name)
     OmegaConf.set_struct(schema, True)
     return schema
 
@@ -197,7 +200,8 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[st
     method_name = OmegaConf.select(raw_merged, "method.name", default="simclr")
     if not isinstance(method_name, str):
         raise ConfigError("method.name must be a string naming a method (see `vissl-lite list`)")
-    schema = _schema(method_name)
+    base_name = OmegaConf.select(raw_merged, "method.base.name", default=None)
+    schema = _schema(method_name, base_name if isinstance(base_name, str) else None)
 
     for source, raw in sources:
         _validate(schema, raw, source)

@@ -77,3 +77,12 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(x, op=dist.ReduceOp.SUM)
         x /= world_size()
     return x
+
+
+@torch.no_grad()
+def broadcast_from_main(x: torch.Tensor) -> torch.Tensor:
+    """Overwrite ``x`` in place with rank 0's value (e.g. a random permutation every rank must
+    share) and return it; identity on one process. A collective, not a host read."""
+    if is_dist() and world_size() > 1:
+        dist.broadcast(x, src=0)
+    return x

@@ -26,5 +26,10 @@ class AugmentConfig:
     local_blur_p: Optional[float] = None       # multi-crop local views
     blur_sigma: Optional[List[float]] = None   # (min, max) of the Gaussian's sigma in pixels
     solarize_p: Optional[List[float]] = None   # one probability per global view (or one for all)
+    crop: Optional[str] = None                 # global views: rrc (random resized, default) | gcc |
+    #                                            cgcc | mgcc (Gaussian-centred, augment/crops.py)
+    crop_frac: Optional[float] = None          # gcc/cgcc/mgcc: crop side / image side (fixed size)
+    crop_alpha: Optional[float] = None         # gcc/cgcc/mgcc: std of the crop centre / image side
+    crop_shift: Optional[List[float]] = None   # mgcc: the centre's mean moves by U(+-a H, +-b W)
     mean: Optional[List[float]] = None
     std: Optional[List[float]] = None

@@ -12,19 +12,38 @@ from typing import Any, List, Optional
 import torch
 from torchvision.transforms import v2
 
+from vissl_lite.augment.crops import sample_gaussian_boxes
 from vissl_lite.augment.recipes import ViewParams, resolve_views
 from vissl_lite.augment.spec import ViewSpec
 
 SOLARIZE_THRESHOLD = 128  # on uint8 pixels, as PIL's ImageOps.solarize in BYOL and DINO
 
 
+class GaussianCenteredCrop(torch.nn.Module):
+    """A label-preserving crop (``augment.crop`` gcc | cgcc | mgcc, see crops.py) resized to the
+    view size: the same box sampler as the GPU path, one image at a time."""
+
+    def __init__(self, view: ViewParams):
+        super().__init__()
+        self.view = view
+
+    def forward(self, image):
+        v = self.view
+        height, width = v2.functional.get_size(image)
+        top, left, h, w = sample_gaussian_boxes(1, height, width, v.crop, v.crop_frac, v.crop_alpha,
+                                                v.crop_shift)[0].tolist()
+        return v2.functional.resized_crop(image, top, left, h, w, [v.size, v.size],
+                                          interpolation=v2.InterpolationMode(v.interpolation),
+                                          antialias=True)
+
+
 def view_transform(view: ViewParams) -> v2.Compose:
     """The torchvision pipeline of one view: PIL image or uint8 CHW tensor -> normalised float."""
-    ops: List[Any] = [
-        v2.ToImage(),
-        v2.RandomResizedCrop(view.size, scale=view.scale, ratio=view.ratio,
-                             interpolation=v2.InterpolationMode(view.interpolation), antialias=True),
-    ]
+    crop = (v2.RandomResizedCrop(view.size, scale=view.scale, ratio=view.ratio,
+                                 interpolation=v2.InterpolationMode(view.interpolation),
+                                 antialias=True)
+            if view.crop == "rrc" else GaussianCenteredCrop(view))
+    ops: List[Any] = [v2.ToImage(), crop]
     if view.flip_p > 0:
         ops.append(v2.RandomHorizontalFlip(view.flip_p))
     if view.jitter_p > 0 and any(view.jitter):

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vissl_lite.augment.crops import draw_gaussian_box_randoms, gaussian_boxes
 from vissl_lite.augment.recipes import ViewParams, resolve_views
 from vissl_lite.augment.spec import ViewSpec
 
@@ -244,8 +245,11 @@ class GPUViews(nn.Module):
         out = []
         for g in self.groups:
             n = len(g.view_ids) * batch
-            out.append((_rand((n, 2 * CROP_TRIES + 2), generator, device, torch.float64),
-                        _rand((n, 14), generator, device)))
+            if g.view.crop == "rrc":
+                box_u = _rand((n, 2 * CROP_TRIES + 2), generator, device, torch.float64)
+            else:                                       # label-preserving crops (crops.py)
+                box_u = torch.cat(draw_gaussian_box_randoms(n, generator, device), dim=1)
+            out.append((box_u, _rand((n, 14), generator, device)))
         return out
 
     def params_from(self, draws: List[Tuple[torch.Tensor, torch.Tensor]], batch: int,
@@ -271,9 +275,14 @@ class GPUViews(nn.Module):
                                   dim=1)
             blur = happens(3, "blur_p")
             sigma = v.blur_sigma[0] + (v.blur_sigma[1] - v.blur_sigma[0]) * u[:, 9]
+            if v.crop == "rrc":
+                boxes = sample_crop_boxes(u.shape[0], height, width, v.scale, v.ratio,
+                                          tries=CROP_TRIES, uniforms=box_u)
+            else:
+                boxes = gaussian_boxes(box_u[:, :2], box_u[:, 2:], height, width, v.crop,
+                                       v.crop_frac, v.crop_alpha, v.crop_shift)
             out.append(BatchParams(
-                boxes=sample_crop_boxes(u.shape[0], height, width, v.scale, v.ratio,
-                                        tries=CROP_TRIES, uniforms=box_u),
+                boxes=boxes,
                 flip=happens(0, "flip_p"), jitter=happens(1, "jitter_p"), factors=factors,
                 order=u[:, 10:14].argsort(dim=1), gray=happens(2, "grayscale_p"), blur=blur,
                 sigma=torch.where(blur, sigma, torch.zeros_like(sigma)),

@@ -32,6 +32,10 @@ Small inputs (<= 64 px):
           lightly's ``DINOTransform(global_crop_size=32, local_crop_size=16)``.
 - mae / ijepa as for large inputs.
 
+Crops of the global views: random resized crops (``augment.crop=rrc``, the recipes above), or the
+label-preserving Gaussian-centred crops of Hassan et al. 2025 (arXiv:2504.19824; ``gcc``,
+``cgcc``, ``mgcc`` with ``augment.crop_frac`` and ``augment.crop_alpha``, see ``crops.py``).
+
 Normalisation defaults to the data set's statistics: CIFAR-10 / CIFAR-100 when named (or, with no
 name, CIFAR-10 for small inputs), ImageNet's otherwise.
 """
@@ -53,6 +57,9 @@ DATASET_STATS = {
     "imagenet": IMAGENET_STATS,
 }
 
+CROP_MODES = ("rrc", "gcc", "cgcc", "mgcc")      # global views' crop (see crops.py)
+
+
 @dataclass(frozen=True)
 class ViewParams:
     """Everything needed to draw one view: the distributions both pipelines sample from."""
@@ -61,6 +68,10 @@ class ViewParams:
     scale: Tuple[float, float]
     ratio: Tuple[float, float] = (3 / 4, 4 / 3)
     interpolation: str = "bilinear"              # bilinear | bicubic
+    crop: str = "rrc"                            # rrc | gcc | cgcc | mgcc (see crops.py)
+    crop_frac: float = 1.0                       # Gaussian-centred crops: fixed crop side / image side
+    crop_alpha: float = 0.0                      # ... std of the crop centre / image side
+    crop_shift: Tuple[float, float] = (0.0, 0.0)  # ... mgcc: range of the centre's mean
     flip_p: float = 0.5
     jitter_p: float = 0.0
     jitter: Tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # brightness contrast saturation hue
@@ -194,7 +205,31 @@ def resolve_views(spec: ViewSpec, aug_cfg: Any = None, image_size: int = 224,
         mean=mean, std=std,
     )
     views = [ViewParams(size=global_size, scale=global_scale, blur_p=blur_ps[i],
-                        solarize_p=solarize_ps[i], **common) for i in range(n_glob)]
+                        solarize_p=solarize_ps[i], **_crop_options(aug_cfg), **common)
+             for i in range(n_glob)]
     local = ViewParams(size=local_size, scale=local_scale,
                        blur_p=p("local_blur_p", local_blur_default), solarize_p=0.0, **common)
     return views + [local] * num_local
+
+
+def _crop_options(aug_cfg: Any) -> dict:
+    """The global views' crop: random resized (default) or Gaussian-centred (arXiv:2504.19824)."""
+    mode = _get(aug_cfg, "crop") or "rrc"
+    if mode not in CROP_MODES:
+        _fail("crop", mode, f"choose one of {', '.join(CROP_MODES)}")
+    if mode == "rrc":
+        return {}
+    frac, alpha = _get(aug_cfg, "crop_frac"), _get(aug_cfg, "crop_alpha")
+    if frac is None or alpha is None:
+        _fail("crop", mode, "Gaussian-centred crops need augment.crop_frac (crop side / image "
+                            "side, e.g. 0.5) and augment.crop_alpha (centre spread, e.g. 0.2)")
+    if not 0 < float(frac) <= 1 or float(alpha) < 0:
+        _fail("crop_frac/crop_alpha", (frac, alpha), "need 0 < crop_frac <= 1 and crop_alpha >= 0")
+    shift = _get(aug_cfg, "crop_shift")
+    if mode == "mgcc" and shift is None:
+        _fail("crop", mode, "mgcc needs augment.crop_shift: [a, b], the range of the centre's mean "
+                            "as fractions of the image height and width")
+    shift = tuple(float(v) for v in (shift or (0.0, 0.0)))
+    if len(shift) != 2 or min(shift) < 0 or max(shift) > 0.5:
+        _fail("crop_shift", list(shift), "expected [a, b] with 0 <= a, b <= 0.5")
+    return dict(crop=mode, crop_frac=float(frac), crop_alpha=float(alpha), crop_shift=shift)

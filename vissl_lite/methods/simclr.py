@@ -35,7 +35,7 @@ class SimCLRConfig:
     proj_hidden_dim: int = 2048
     proj_output_dim: int = 128
     proj_layers: int = 3              # SimCLR v2 / ImageNet: 3; CIFAR (v1, lightly): 2
-    proj_last_bn: bool = True         # BatchNorm after the projector's output layer (ImageNet)
+    proj_last_bn: bool = True         # BatchNorm after the output layer (paper, lightly's head)
 
 
 def nt_xent_loss(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> torch.Tensor:

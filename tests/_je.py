@@ -1,0 +1,73 @@
+"""Helpers of the joint-embedding method tests: a rank runner for losses of any tensor inputs,
+the one-graph check, and lightly (the test-only oracle) when it is installed."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Dict, List, Sequence
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from _helpers import free_port
+
+
+def lightly_module(name: str):
+    """``lightly.<name>``, or skip the test with a visible reason."""
+    return pytest.importorskip(f"lightly.{name}", reason="lightly not installed (test-only oracle)")
+
+
+def assert_one_graph(method, batch) -> None:
+    """training_step compiles as one graph with no break (no host sync, no data-dependent shape)."""
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(method.training_step)(batch)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+def _worker(rank, world, port, loss_fn, inputs, args, out_dir):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    try:
+        shards = []
+        for x in inputs:
+            n = x.shape[0] // world
+            shards.append(x[rank * n:(rank + 1) * n].clone().requires_grad_(True))
+        loss = loss_fn(*shards, *args)
+        loss.backward()
+        torch.save({"loss": loss.detach(), "grads": [s.grad for s in shards]},
+                   f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def loss_on_ranks(loss_fn: Callable, inputs: Sequence[torch.Tensor], args: tuple, out_dir: Path,
+                  world: int = 2) -> List[Dict]:
+    """Each gloo rank gets a contiguous shard (dim 0) of every input and computes
+    ``loss_fn(*shards, *args)``; returns every rank's loss and gradients w.r.t. its shards."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    mp.spawn(_worker, args=(world, free_port(), loss_fn, list(inputs), args, str(out_dir)),
+             nprocs=world, join=True)
+    return [torch.load(Path(out_dir) / f"rank{r}.pt") for r in range(world)]
+
+
+def assert_ranks_match_full(parts: List[Dict], loss_fn: Callable, inputs: Sequence[torch.Tensor],
+                            args: tuple, same_loss_on_every_rank: bool) -> None:
+    """DDP semantics: rank gradients averaged = the one-process gradient on the global batch; the
+    rank losses are each the global loss, or average to it."""
+    world = len(parts)
+    full_inputs = [x.clone().requires_grad_(True) for x in inputs]
+    full = loss_fn(*full_inputs, *args)
+    full.backward()
+    losses = torch.stack([p["loss"].reshape(()) for p in parts])
+    if same_loss_on_every_rank:
+        for loss in losses:
+            torch.testing.assert_close(loss, full.detach().reshape(()), rtol=1e-5, atol=1e-6)
+    else:
+        torch.testing.assert_close(losses.mean(), full.detach().reshape(()), rtol=1e-5, atol=1e-6)
+    for i, x in enumerate(full_inputs):
+        if x.grad is None:                               # an input the loss does not differentiate
+            assert all(p["grads"][i] is None for p in parts)
+            continue
+        ddp_grad = torch.cat([p["grads"][i] for p in parts]) / world
+        torch.testing.assert_close(ddp_grad, x.grad, rtol=1e-4, atol=1e-6)
