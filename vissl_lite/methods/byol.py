@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vissl_lite.augment.spec import ViewSpec
-from vissl_lite.engine.ema import ema_update
-from vissl_lite.engine.schedules import cosine_schedule
+from vissl_lite.methods.ema import ema_update
+from vissl_lite.schedules import cosine_schedule
 from vissl_lite.errors import ConfigError
 from vissl_lite.methods.base import Method, StepOutput
 from vissl_lite.methods.heads import projection_mlp

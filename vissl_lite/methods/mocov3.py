@@ -31,8 +31,8 @@ from torch import nn
 
 from vissl_lite.augment.spec import ViewSpec
 from vissl_lite.distributed import gather_no_grad, rank
-from vissl_lite.engine.ema import ema_update
-from vissl_lite.engine.schedules import cosine_schedule
+from vissl_lite.methods.ema import ema_update
+from vissl_lite.schedules import cosine_schedule
 from vissl_lite.errors import ConfigError
 from vissl_lite.methods.base import Method, StepOutput
 from vissl_lite.methods.byol import frozen_copy
