@@ -34,7 +34,7 @@ class TrainConfig:
     grad_clip: Optional[float] = None
     sync_bn: bool = False             # SyncBatchNorm across ranks (GPU only)
     find_unused_parameters: bool = False  # DDP: set when some trainable parameters get no grad
-    skip_nonfinite: bool = False      # skip a step with a non-finite loss/grad instead of stopping
+    skip_nonfinite: bool = False      # skip non-finite steps instead of stopping (syncs every step)
     max_consecutive_skips: int = 20   # with skip_nonfinite: stop after this many skips in a row
     device: str = "auto"              # auto | cpu | cuda
     log_every: int = 10
