@@ -48,8 +48,7 @@ def mst_edges(dist: torch.Tensor):
     spanning tree, grown from node 0. Fixed-shape device ops only."""
     b = dist.shape[0]
     inf = torch.finfo(dist.dtype).max
-    in_tree = torch.zeros(b, dtype=torch.bool, device=dist.device)
-    in_tree[0] = True
+    in_tree = torch.arange(b, device=dist.device) == 0
     best = dist[0].masked_fill(in_tree, inf)            # distance from the tree to each node
     parent = torch.zeros(b, dtype=torch.long, device=dist.device)
     src = torch.zeros(b - 1, dtype=torch.long, device=dist.device)
