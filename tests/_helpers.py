@@ -102,7 +102,8 @@ def tiny_backbone(method_cls) -> nn.Module:
     if method_cls.supported_backbones and "resnet" not in method_cls.supported_backbones:
         return ViT(patch_size=4, embed_dim=48, depth=1, num_heads=3, img_size=32, pos_embed="sincos",
                    dynamic_img_size=True, name="vit_test")
-    return ResNet(BasicBlock, (1, 1, 1, 1), name="resnet10_test")
+    options = getattr(method_cls, "tiny_backbone_options", {})  # e.g. CNN-JEPA's cifar_stem
+    return ResNet(BasicBlock, (1, 1, 1, 1), name="resnet10_test", **options)
 
 
 def tiny_method(name: str, **overrides):
@@ -121,3 +122,22 @@ def views_batch(method, batch: int = 8, global_size: int = 32, local_size: int =
     views = [torch.randn(batch, 3, s, s, generator=g) for s in sizes]
     return {"views": views, "labels": torch.zeros(batch, dtype=torch.long),
             "index": torch.arange(batch)}
+
+
+def real_cifar_losses(method, images: torch.Tensor, steps: int, batch: int, lr: float,
+                      num_views: int = 1, min_scale: float = 0.3) -> List[float]:
+    """Train ``method`` with AdamW for ``steps`` steps on random batches of ``images`` (each view a
+    crop-flip of it); returns the loss of every step."""
+    opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=lr)
+    method.setup(total_steps=steps, steps_per_epoch=steps)
+    losses = []
+    for step in range(steps):
+        x = images[torch.randint(0, len(images), (batch,))]
+        loss = method.training_step({"views": [crop_flip_normalise(x, min_scale)
+                                               for _ in range(num_views)]}).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        method.on_step_end(step, steps)
+        losses.append(loss.item())
+    return losses

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from _helpers import crop_flip_normalise, load_cifar_images, pair_loss_on_ranks, tiny_method, views_batch
+from _helpers import (load_cifar_images, pair_loss_on_ranks, real_cifar_losses, tiny_method,
+                      views_batch)
 from vissl_lite.config import load_config
 from vissl_lite.errors import ConfigError
 from vissl_lite.methods import build_method
@@ -131,18 +132,9 @@ def test_presets_validate_and_build(preset, tmp_path):
 
 
 def test_steps_on_real_cifar10_lower_the_loss(cifar_root):
-    images = load_cifar_images(cifar_root, 64)
     torch.manual_seed(0)
     method = tiny_method("lejepa", proj_hidden_dim=64, proj_output_dim=16, num_slices=64,
                          num_local_crops=0)
-    opt = torch.optim.AdamW(method.parameters(), lr=2e-3)
-    losses = []
-    for step in range(10):
-        batch = images[torch.randint(0, len(images), (32,))]
-        views = [crop_flip_normalise(batch, 0.3) for _ in range(2)]
-        loss = method.training_step({"views": views}).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = real_cifar_losses(method, load_cifar_images(cifar_root, 64), steps=10, batch=32,
+                               lr=2e-3, num_views=2)
     assert math.isfinite(losses[-1]) and sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _helpers import crop_flip_normalise, load_cifar_images
+from _helpers import load_cifar_images, real_cifar_losses
 from vissl_lite.backbones.vit import ViT
 from vissl_lite.config import load_config
 from vissl_lite.errors import ConfigError
@@ -100,16 +100,6 @@ def test_presets_validate_and_build(preset, grid, tmp_path):
 
 
 def test_steps_on_real_cifar10_lower_the_loss(cifar_root):
-    images = load_cifar_images(cifar_root, 64)
     method = build(NJEPA, predictor_dim=48, predictor_heads=4)
-    opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-3)
-    losses = []
-    for step in range(15):
-        batch = images[torch.randint(0, len(images), (32,))]
-        loss = method.training_step({"views": [crop_flip_normalise(batch, 0.3)]}).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        method.on_step_end(step, 15)
-        losses.append(loss.item())
+    losses = real_cifar_losses(method, load_cifar_images(cifar_root, 64), steps=15, batch=32, lr=1e-3)
     assert sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses
