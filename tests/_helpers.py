@@ -1,6 +1,7 @@
 """Small pieces shared by several test files: a tiny encoder, real CIFAR-10 tensors, 2-rank runs."""
 from __future__ import annotations
 
+import functools
 import socket
 from pathlib import Path
 from typing import Callable, Dict, List
@@ -30,9 +31,15 @@ class TinyNet(nn.Module):
         return self.net(x)
 
 
+@functools.lru_cache(maxsize=4)
+def _image_folder(path: str) -> datasets.ImageFolder:
+    """The file listing of an ImageFolder split, scanned once per test session."""
+    return datasets.ImageFolder(path)
+
+
 def load_cifar_images(root: Path, count: int, split: str = "train") -> torch.Tensor:
     """``count`` real images spread over all classes, as a float tensor in [0, 1]."""
-    data = datasets.ImageFolder(str(root / split))
+    data = _image_folder(str(root / split))
     step = len(data) // count
     to_tensor = v2.Compose([v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)])
     return torch.stack([to_tensor(data[i * step][0]) for i in range(count)])

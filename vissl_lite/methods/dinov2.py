@@ -14,19 +14,21 @@ tokens, its own prototypes):
     loss  = w_dino * dino + w_ibot * ibot + w_koleo * koleo
 
 ``P`` is either DINO's centring and sharpening, softmax((t - C) / tau_t) with an EMA centre C per
-head, or (``centering=sinkhorn_knopp``, DINOv2's choice) 3 Sinkhorn-Knopp iterations on
+head, or (``centering=sinkhorn_knopp``, DINOv2's ViT-g config) 3 Sinkhorn-Knopp iterations on
 exp(t / tau_t) over the global batch (SwAV, Caron et al. 2020). The teacher follows the student by
 EMA (cosine momentum schedule), the teacher temperature warms up linearly, the last layers of both
 student heads are frozen during the first ``freeze_last_layer`` epochs. With ``layer_decay < 1``
 the parameters of block ``i`` of an ``L``-block ViT learn at ``layer_decay ** (L + 1 - i)`` times
-the learning rate (patch embedding and prefix tokens as block 0, the heads at 1), through
+the learning rate (patch embedding and prefix tokens as block 0, the heads at 1; the patch
+embedding's further times ``patch_embed_lr_mult``), through
 ``param_lr_scale`` which the optimizer's parameter groups read (``lr_scale``). Drop-path rates and
 register tokens are backbone options (``backbone.drop_path_rate``, ``backbone.reg_tokens``).
 Evaluation uses the teacher's backbone.
 
 Differences from DINOv2: masks are uniformly random patches at one fixed ratio for every sample
 (DINOv2 draws block-wise masks with a ratio in [0.1, 0.5] for half of the samples), so that shapes
-are fixed per run; the student's local and global crops share the DINO head as in DINOv2.
+are fixed per run. ``separate_patch_head=false`` shares the DINO head's prototypes with iBOT, as
+DINOv2's default config does (its ViT-g config separates them, as here by default).
 """
 from __future__ import annotations
 
@@ -127,7 +129,8 @@ class DINOv2(Method):
         teacher_temp: float = 0.07
         warmup_teacher_temp: float = 0.04
         warmup_teacher_temp_epochs: int = 30
-        centering: str = "sinkhorn_knopp"  # sinkhorn_knopp (DINOv2) | centering (DINO / iBOT)
+        separate_patch_head: bool = True   # iBOT prototypes in their own head (DINOv2 ViT-g)
+        centering: str = "centering"       # centering (DINOv2 default) | sinkhorn_knopp (ViT-g)
         sinkhorn_iterations: int = 3
         center_momentum: float = 0.9
         dino_loss_weight: float = 1.0
@@ -137,6 +140,7 @@ class DINOv2(Method):
         momentum_teacher_end: float = 1.0
         freeze_last_layer: int = 1        # epochs
         layer_decay: float = 0.9          # DINOv2's layerwise_decay; 1.0 turns it off
+        patch_embed_lr_mult: float = 0.2  # DINOv2: the patch embedding learns 5x slower
 
     supported_backbones = ("vit",)
     min_batch_size = 2
@@ -162,13 +166,17 @@ class DINOv2(Method):
         dim = backbone.embed_dim
         self.mask_token = nn.Parameter(torch.zeros(1, dim))
         self.head = DINOHead(dim, c.out_dim, c.hidden_dim, c.bottleneck_dim, c.head_layers)
-        self.patch_head = DINOHead(dim, c.patch_out_dim, c.hidden_dim, c.bottleneck_dim,
-                                   c.head_layers)
         self.teacher_backbone = copy.deepcopy(backbone).requires_grad_(False)
         self.teacher_head = copy.deepcopy(self.head).requires_grad_(False)
-        self.teacher_patch_head = copy.deepcopy(self.patch_head).requires_grad_(False)
+        patch_dim = c.patch_out_dim if c.separate_patch_head else c.out_dim
+        if c.separate_patch_head:
+            self.patch_head = DINOHead(dim, c.patch_out_dim, c.hidden_dim, c.bottleneck_dim,
+                                       c.head_layers)
+            self.teacher_patch_head = copy.deepcopy(self.patch_head).requires_grad_(False)
+        else:  # one set of prototypes for CLS and patch tokens (DINOv2's default config)
+            self.patch_head, self.teacher_patch_head = self.head, self.teacher_head
         self.register_buffer("center", torch.zeros(1, c.out_dim))
-        self.register_buffer("patch_center", torch.zeros(1, c.patch_out_dim))
+        self.register_buffer("patch_center", torch.zeros(1, patch_dim))
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
         self.step_count = 0                # python mirror of steps_done (no device read per step)
         self.steps_per_epoch = None
@@ -198,7 +206,10 @@ class DINOv2(Method):
             layer = vit_layer_id(name[len("backbone."):], depth)
         else:
             layer = 0 if name == "mask_token" else depth + 1
-        return self.cfg.layer_decay ** (depth + 1 - layer)
+        scale = self.cfg.layer_decay ** (depth + 1 - layer)
+        if name.startswith("backbone.patch_embed."):
+            scale *= self.cfg.patch_embed_lr_mult
+        return scale
 
     # -- the step ------------------------------------------------------------------------
     def teacher_probs(self, logits: torch.Tensor, center: torch.Tensor, temp: float) -> torch.Tensor:
@@ -244,16 +255,17 @@ class DINOv2(Method):
 
     def on_before_optimizer_step(self, step: int) -> None:
         if self._epoch(step) < self.cfg.freeze_last_layer:
-            for p in [*self.head.last_layer.parameters(), *self.patch_head.last_layer.parameters()]:
+            for p in {*self.head.last_layer.parameters(), *self.patch_head.last_layer.parameters()}:
                 p.grad = None
 
     @torch.no_grad()
     def on_step_end(self, step: int, total_steps: int) -> None:
         m = teacher_momentum(step, total_steps, self.cfg.momentum_teacher,
                              self.cfg.momentum_teacher_end)
-        for teacher, student in ((self.teacher_backbone, self.backbone),
-                                 (self.teacher_head, self.head),
-                                 (self.teacher_patch_head, self.patch_head)):
+        pairs = [(self.teacher_backbone, self.backbone), (self.teacher_head, self.head)]
+        if self.cfg.separate_patch_head:
+            pairs.append((self.teacher_patch_head, self.patch_head))
+        for teacher, student in pairs:
             ema_update(teacher, student, m, copy_buffers=False)
         self.step_count = step + 1
         self.steps_done.fill_(step + 1)
