@@ -87,22 +87,21 @@ class ViT(VisionTransformer):
         crops) get the position embeddings resampled to their grid, as in DINO's
         ``interpolate_pos_encoding`` (Caron et al. 2021)."""
         size = tuple(x.shape[-2:])
-        patches = self.patch_embed(x)
-        if mask is not None:
-            patches = torch.where(mask.unsqueeze(-1), mask_token.to(patches.dtype), patches)
-        if size == self.img_size:
-            return patches + self.pos_embed_patches()
         p = self.patch_size
-        if not self.any_img_size or size[0] % p or size[1] % p:
+        if size != self.img_size and (not self.any_img_size or size[0] % p or size[1] % p):
             h, w = self.img_size
             raise BackboneError(
                 f"{self.arch_name} was built for {h}x{w} images (img_size={h}) but got "
                 f"{size[0]}x{size[1]} input; set backbone.img_size={size[0]} in the config (or "
                 f"img_size={size[0]} in build_backbone), or backbone.dynamic_img_size=true for "
                 f"inputs of several sizes (multiples of the patch size {p})")
-        grid = (size[0] // p, size[1] // p)
-        pos = resample_abs_pos_embed(self.pos_embed_patches(), new_size=grid,
-                                     old_size=self.grid_size, num_prefix_tokens=0)
+        pos = self.pos_embed_patches()
+        if size != self.img_size:
+            pos = resample_abs_pos_embed(pos, new_size=(size[0] // p, size[1] // p),
+                                         old_size=self.grid_size, num_prefix_tokens=0)
+        patches = self.patch_embed(x)
+        if mask is not None:
+            patches = torch.where(mask.unsqueeze(-1), mask_token.to(patches.dtype), patches)
         return patches + pos
 
     def _prefix_tokens(self, batch: int) -> Optional[torch.Tensor]:
