@@ -3,13 +3,17 @@
 MAE rows (He et al. 2022, Fig. 2): the original view, the view with the masked patches greyed
 out, the decoder's reconstruction of every patch, and the reconstruction with the visible
 patches pasted back. I-JEPA rows (Assran et al. 2023, Fig. 4): the context block (other patches
-dimmed) and the target blocks (one colour each).
+dimmed) and the target blocks (one colour each); N-JEPA draws as I-JEPA. CNN-JEPA rows (Kalapos &
+Gyires-Toth 2024): the same, with the blocks on the ResNet's output grid upsampled to the input
+(cells of ``stride`` pixels). DINOv2 row (Oquab et al. 2023): a student global crop with its
+masked patches greyed out (they enter the ViT as the mask token).
 
     python benchmarks/masked_visualize.py --random --data ../shared/datasets/cifar10-jpeg.tar.gz --out grid.png
     python benchmarks/masked_visualize.py --checkpoint runs/mae_vit_tiny_patch4/checkpoints/last.pt --out grid.png
 
-``--random`` builds both methods at random initialisation from their presets (``--mae-config``,
-``--ijepa-config``); ``--checkpoint`` loads one trained MAE or I-JEPA run and draws its panel
+``--random`` builds the methods at random initialisation from their presets (``--mae-config``,
+``--ijepa-config``, ``--extra-configs``); ``--checkpoint`` loads one trained run of any of these
+methods and draws its panel
 (its own data set unless ``--data`` is given). With ``norm_pix_loss`` the MAE predicts
 standardised patches; to draw them, each predicted patch gets the mean and standard deviation of
 the true patch back (as the usual MAE visualisations do: the shapes are the model's, the patch
@@ -31,10 +35,13 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from vissl_lite.augment.masks import random_patch_mask  # noqa: E402
 from vissl_lite.config import load_config  # noqa: E402
 from vissl_lite.data import build_dataset  # noqa: E402
 from vissl_lite.eval.transforms import eval_transform, resolve_mean_std  # noqa: E402
 from vissl_lite.methods import build_method  # noqa: E402
+from vissl_lite.methods.cnnjepa import CNNJEPA  # noqa: E402
+from vissl_lite.methods.dinov2 import DINOv2  # noqa: E402
 from vissl_lite.methods.ijepa import IJEPA  # noqa: E402
 from vissl_lite.methods.mae import MAE, patchify, unpatchify  # noqa: E402
 
@@ -47,7 +54,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a MAE or I-JEPA checkpoint (e.g. .../checkpoints/last.pt)")
-    src.add_argument("--random", action="store_true", help="both methods at random initialisation")
+    src.add_argument("--random", action="store_true", help="the methods at random initialisation")
     p.add_argument("--data", help="ImageFolder folder or .tar/.tar.gz (default: the run's data)")
     p.add_argument("--split", default="test", help="train | test")
     p.add_argument("--out", default="masked_grid.png")
@@ -55,6 +62,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the masks")
     p.add_argument("--mae-config", default=str(REPO / "configs/mae/cifar10_vit_tiny.yaml"))
     p.add_argument("--ijepa-config", default=str(REPO / "configs/ijepa/cifar10_vit_tiny.yaml"))
+    p.add_argument("--extra-configs", nargs="*", default=[
+        str(REPO / "configs/cnnjepa/cifar10_resnet18.yaml"),
+        str(REPO / "configs/dinov2/cifar10_vit_tiny.yaml")],
+        help="more masked-method presets drawn with --random (CNN-JEPA, DINOv2, N-JEPA)")
     return p.parse_args(argv)
 
 
@@ -64,14 +75,14 @@ def load_methods(args: argparse.Namespace):
         from vissl_lite.engine import load_pretrained
 
         method, cfg = load_pretrained(args.checkpoint)
-        if not isinstance(method, (MAE, IJEPA)):
+        if not isinstance(method, DRAWN):
             sys.exit(f"{args.checkpoint} is a '{cfg.method.name}' checkpoint; this script draws "
-                     f"MAE reconstructions and I-JEPA masks only")
+                     f"MAE, I-JEPA / N-JEPA, CNN-JEPA and DINOv2 runs only")
         return [(method, cfg)]
     if not args.data:
         sys.exit("--random needs --data (an ImageFolder folder or .tar/.tar.gz of images)")
     out = []
-    for path in (args.mae_config, args.ijepa_config):
+    for path in (args.mae_config, args.ijepa_config, *args.extra_configs):
         cfg = load_config(path, [f"data.root={args.data}"])
         out.append((build_method(cfg).eval(), cfg))
     return out
@@ -87,6 +98,9 @@ def load_images(cfg, data: Optional[str], split: str, num: int, image_size: int)
     stride = max(len(dataset) // num, 1)
     images = torch.stack([dataset[i * stride][0] for i in range(min(num, len(dataset)))])
     return images, torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+
+
+DRAWN = (MAE, IJEPA, CNNJEPA, DINOv2)
 
 
 def patch_mask_image(idx: torch.Tensor, grid: Tuple[int, int], patch: int) -> torch.Tensor:
@@ -115,20 +129,36 @@ def mae_rows(method: MAE, images: torch.Tensor, mean, std, seed: int) -> Rows:
 
 
 @torch.no_grad()
-def ijepa_rows(method: IJEPA, images: torch.Tensor, mean, std, seed: int) -> Rows:
-    masks = method.sample_masks(images.shape[0], torch.device("cpu"),
-                                generator=torch.Generator().manual_seed(seed))
+def ijepa_rows(method, images: torch.Tensor, mean, std, seed: int) -> Rows:
+    """Context and target blocks of I-JEPA / N-JEPA (patch grid) or CNN-JEPA (feature grid)."""
+    generator = torch.Generator().manual_seed(seed)
+    if isinstance(method, CNNJEPA):
+        masks = method.sample_masks(images, generator=generator)
+        grid, patch = method.grid(images), method.stride
+    else:
+        masks = method.sample_masks(images.shape[0], torch.device("cpu"), generator=generator)
+        grid, patch = method.grid_size, method.backbone.patch_size
     rgb = (images * std + mean).clamp(0, 1)
-    patch = method.backbone.patch_size
-    context = patch_mask_image(masks.context_idx, method.grid_size, patch)
+    context = patch_mask_image(masks.context_idx, grid, patch)
     targets = 0.35 * rgb
     for k, idx in enumerate(masks.target_idx):
-        inside = patch_mask_image(idx, method.grid_size, patch)
+        inside = patch_mask_image(idx, grid, patch)
         colour = TARGET_COLOURS[k % len(TARGET_COLOURS)].view(1, 3, 1, 1)
         targets = torch.where(inside, 0.5 * rgb + 0.5 * colour, targets)
     kc, kt = masks.context_idx.shape[1], masks.target_idx[0].shape[1]
     return [(f"context ({kc} p.)", torch.where(context, rgb, 0.2 * rgb)),
             (f"{len(masks.target_idx)} targets ({kt} p.)", targets)]
+
+
+@torch.no_grad()
+def dinov2_rows(method: DINOv2, images: torch.Tensor, mean, std, seed: int) -> Rows:
+    """A student global crop: its masked patches (a fixed number per crop) greyed out."""
+    vit = method.backbone
+    masks = random_patch_mask(images.shape[0], vit.num_patches, method.cfg.mask_ratio,
+                              generator=torch.Generator().manual_seed(seed))
+    rgb = (images * std + mean).clamp(0, 1)
+    masked = patch_mask_image(masks.mask_idx, vit.grid_size, vit.patch_size)
+    return [(f"student, {masks.mask_idx.shape[1]} mask tok.", torch.where(masked, 0.5, rgb))]
 
 
 def draw(rows: Rows, out: Path, title: str) -> None:
@@ -154,10 +184,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     rows: Rows = []
     names = []
     for method, cfg in load_methods(args):
-        size = method.backbone.img_size[0]
+        size = getattr(method.backbone, "img_size", (cfg.data.image_size,))[0]
         images, mean, std = load_images(cfg, args.data, args.split, args.num, size)
         if isinstance(method, MAE):
             rows += mae_rows(method, images, mean, std, args.seed)
+        elif isinstance(method, DINOv2):
+            rows += dinov2_rows(method, images, mean, std, args.seed)
         else:
             rows += ijepa_rows(method, images, mean, std, args.seed)
         names.append(f"{cfg.method.name} / {cfg.backbone.name}")

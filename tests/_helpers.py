@@ -1,6 +1,7 @@
 """Small pieces shared by several test files: a tiny encoder, real CIFAR-10 tensors, 2-rank runs."""
 from __future__ import annotations
 
+import functools
 import socket
 from pathlib import Path
 from typing import Callable, Dict, List
@@ -31,9 +32,15 @@ class TinyNet(nn.Module):
         return self.net(x)
 
 
+@functools.lru_cache(maxsize=4)
+def _image_folder(path: str) -> datasets.ImageFolder:
+    """The file listing of an ImageFolder split, scanned once per test session."""
+    return datasets.ImageFolder(path)
+
+
 def load_cifar_images(root: Path, count: int, split: str = "train") -> torch.Tensor:
     """``count`` real images spread over all classes, as a float tensor in [0, 1]."""
-    data = datasets.ImageFolder(str(root / split))
+    data = _image_folder(str(root / split))
     step = len(data) // count
     to_tensor = v2.Compose([v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)])
     return torch.stack([to_tensor(data[i * step][0]) for i in range(count)])
@@ -103,7 +110,8 @@ def tiny_backbone(method_cls) -> nn.Module:
     if method_cls.supported_backbones and "resnet" not in method_cls.supported_backbones:
         return ViT(patch_size=4, embed_dim=48, depth=1, num_heads=3, img_size=32, pos_embed="sincos",
                    dynamic_img_size=True, name="vit_test")
-    return ResNet(BasicBlock, (1, 1, 1, 1), name="resnet10_test")
+    options = getattr(method_cls, "tiny_backbone_options", {})  # e.g. CNN-JEPA's cifar_stem
+    return ResNet(BasicBlock, (1, 1, 1, 1), name="resnet10_test", **options)
 
 
 def tiny_method(name: str, **overrides):
@@ -132,3 +140,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def real_cifar_losses(method, images: torch.Tensor, steps: int, batch: int, lr: float,
+                      num_views: int = 1, min_scale: float = 0.3) -> List[float]:
+    """Train ``method`` with AdamW for ``steps`` steps on random batches of ``images`` (each view a
+    crop-flip of it); returns the loss of every step."""
+    opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=lr)
+    method.setup(total_steps=steps, steps_per_epoch=steps)
+    losses = []
+    for step in range(steps):
+        x = images[torch.randint(0, len(images), (batch,))]
+        loss = method.training_step({"views": [crop_flip_normalise(x, min_scale)
+                                               for _ in range(num_views)]}).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        method.on_step_end(step, steps)
+        losses.append(loss.item())
+    return losses

@@ -15,4 +15,5 @@ class BackboneConfig:
     pos_embed: str = "learn"          # ViTs: "learn" or fixed 2-D "sincos" (MAE, I-JEPA)
     class_token: bool = True          # ViTs: prepend a CLS token (needed by global_pool=token)
     dynamic_img_size: bool = False    # ViTs: accept other input sizes (DINO local crops)
+    reg_tokens: int = 0               # ViTs: register tokens (Darcet et al. 2024; DINOv2 uses 4)
     pretrained_path: Optional[str] = None  # a local weights file; nothing is ever downloaded

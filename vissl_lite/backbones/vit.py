@@ -8,6 +8,11 @@
   patchify, add position embeddings, keep the selected patches, prepend the CLS token (with its own
   position embedding), run the blocks and the final norm, drop the CLS token again;
 - fixed 2-D sin-cos position embeddings (``pos_embed="sincos"``, a buffer, never trained);
+- register tokens (``reg_tokens``, Darcet et al. 2024, arXiv:2309.16588): extra learned prefix
+  tokens after the CLS token, without position embedding, dropped from every output but the
+  full token sequence of ``forward_all_tokens``;
+- masked patches (``forward_all_tokens(x, mask, mask_token)``): the embeddings of masked patches
+  are replaced by a mask token before the position embeddings are added (iBOT / DINOv2);
 - pooling of the final-normed tokens: ``"avg"`` (mean of patch tokens, MAE/I-JEPA evaluation)
   or ``"token"`` (CLS token, DINO). Both read the same weights, so an encoder trained with one
   can be evaluated with the other.
@@ -36,11 +41,12 @@ class ViT(VisionTransformer):
     def __init__(self, *, patch_size: int, embed_dim: int, depth: int, num_heads: int,
                  img_size: int, drop_path_rate: float = 0.0, global_pool: str = "avg",
                  pos_embed: str = "learn", class_token: bool = True,
-                 dynamic_img_size: bool = False, name: str = "vit"):
+                 dynamic_img_size: bool = False, reg_tokens: int = 0, name: str = "vit"):
         _check_options(name, img_size, patch_size, global_pool, pos_embed, class_token)
         super().__init__(img_size=img_size, patch_size=patch_size, embed_dim=embed_dim,
                          depth=depth, num_heads=num_heads, num_classes=0, global_pool="",
-                         class_token=class_token, fc_norm=False, drop_path_rate=drop_path_rate)
+                         class_token=class_token, fc_norm=False, drop_path_rate=drop_path_rate,
+                         reg_tokens=reg_tokens)
         self.global_pool = global_pool
         self.arch_name = name
         self.patch_size = patch_size
@@ -49,6 +55,10 @@ class ViT(VisionTransformer):
         self.patch_embed.strict_img_size = not dynamic_img_size
         if pos_embed == "sincos":
             fixed = sincos_2d_pos_embed(embed_dim, self.grid_size, cls_token=class_token)
+            if reg_tokens:  # zero rows for the registers, which take no position embedding
+                c = int(class_token)
+                fixed = torch.cat([fixed[:, :c], fixed.new_zeros(1, reg_tokens, embed_dim),
+                                   fixed[:, c:]], dim=1)
             del self.pos_embed
             self.register_buffer("pos_embed", fixed)
 
@@ -68,36 +78,45 @@ class ViT(VisionTransformer):
         """``(1, N, D)`` position embeddings of the patch grid (without the CLS slot)."""
         return self.pos_embed[:, self.num_prefix_tokens:]
 
-    def patch_embed_with_pos(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W) -> (B, N, D)``: linear patch embeddings plus their position embeddings.
+    def patch_embed_with_pos(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                             mask_token: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``(B, 3, H, W) -> (B, N, D)``: linear patch embeddings plus their position embeddings;
+        with ``mask`` (B, N) bool, masked patches' embeddings are ``mask_token`` (1, D) instead.
 
         With ``dynamic_img_size`` other input sizes (multiples of the patch size, e.g. DINO's local
         crops) get the position embeddings resampled to their grid, as in DINO's
         ``interpolate_pos_encoding`` (Caron et al. 2021)."""
         size = tuple(x.shape[-2:])
-        if size == self.img_size:
-            return self.patch_embed(x) + self.pos_embed_patches()
         p = self.patch_size
-        if not self.any_img_size or size[0] % p or size[1] % p:
+        if size != self.img_size and (not self.any_img_size or size[0] % p or size[1] % p):
             h, w = self.img_size
             raise BackboneError(
                 f"{self.arch_name} was built for {h}x{w} images (img_size={h}) but got "
                 f"{size[0]}x{size[1]} input; set backbone.img_size={size[0]} in the config (or "
                 f"img_size={size[0]} in build_backbone), or backbone.dynamic_img_size=true for "
                 f"inputs of several sizes (multiples of the patch size {p})")
-        grid = (size[0] // p, size[1] // p)
-        pos = resample_abs_pos_embed(self.pos_embed_patches(), new_size=grid,
-                                     old_size=self.grid_size, num_prefix_tokens=0)
-        return self.patch_embed(x) + pos
+        pos = self.pos_embed_patches()
+        if size != self.img_size:
+            pos = resample_abs_pos_embed(pos, new_size=(size[0] // p, size[1] // p),
+                                         old_size=self.grid_size, num_prefix_tokens=0)
+        patches = self.patch_embed(x)
+        if mask is not None:
+            patches = torch.where(mask.unsqueeze(-1), mask_token.to(patches.dtype), patches)
+        return patches + pos
 
     def _prefix_tokens(self, batch: int) -> Optional[torch.Tensor]:
-        if self.cls_token is None:
-            return None
-        return (self.cls_token + self.pos_embed[:, :1]).expand(batch, -1, -1)
+        prefix = []
+        if self.cls_token is not None:
+            prefix.append(self.cls_token + self.pos_embed[:, :1])
+        if self.reg_token is not None:
+            prefix.append(self.reg_token)
+        return torch.cat(prefix, dim=1).expand(batch, -1, -1) if prefix else None
 
-    def _encode(self, x: torch.Tensor, keep_idx: Optional[torch.Tensor]) -> torch.Tensor:
+    def _encode(self, x: torch.Tensor, keep_idx: Optional[torch.Tensor],
+                mask: Optional[torch.Tensor] = None,
+                mask_token: Optional[torch.Tensor] = None) -> torch.Tensor:
         """All tokens (prefix first) after the blocks and the final norm."""
-        tokens = self.patch_embed_with_pos(x)
+        tokens = self.patch_embed_with_pos(x, mask, mask_token)
         if keep_idx is not None:
             if keep_idx.dim() != 2 or keep_idx.shape[0] != tokens.shape[0]:
                 raise BackboneError(f"keep_idx must be a (B, K) index tensor with B="
@@ -119,6 +138,13 @@ class ViT(VisionTransformer):
         """Patch tokens ``(B, K or N, D)`` after the final norm; with ``keep_idx`` (B, K) (indices
         into the row-major patch grid) only those patches enter the transformer."""
         return self._encode(x, keep_idx)[:, self.num_prefix_tokens:]
+
+    def forward_all_tokens(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                           mask_token: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Every token ``(B, P + N, D)`` after the final norm: the ``P = num_prefix_tokens`` CLS
+        and register tokens, then the patches; with ``mask`` (B, N) bool the masked patches enter
+        as ``mask_token`` (1, D) plus their position embedding."""
+        return self._encode(x, None, mask, mask_token)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self._encode(x, None)

@@ -41,13 +41,13 @@ def _vit_builder(name: str, size: str, patch_size: int) -> Callable[..., nn.Modu
 
     def build(*, img_size: Optional[int] = None, drop_path_rate: float = 0.0,
               global_pool: str = "avg", pos_embed: str = "learn", class_token: bool = True,
-              dynamic_img_size: bool = False) -> nn.Module:
+              dynamic_img_size: bool = False, reg_tokens: int = 0) -> nn.Module:
         from vissl_lite.backbones.vit import ViT
 
         return ViT(patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
                    img_size=img_size or VIT_PATCHES[patch_size], drop_path_rate=drop_path_rate,
                    global_pool=global_pool, pos_embed=pos_embed, class_token=class_token,
-                   dynamic_img_size=dynamic_img_size, name=name)
+                   dynamic_img_size=dynamic_img_size, reg_tokens=reg_tokens, name=name)
 
     build.family = "vit"
     return build
@@ -103,7 +103,7 @@ def _get_builder(name: str, key_prefix: str = "") -> Callable[..., nn.Module]:
 def build_backbone(name: str, pretrained_path: Optional[str] = None, **kw) -> nn.Module:
     """Build the backbone registered as ``name`` (see ``vissl-lite list``) with options ``kw``
     (``cifar_stem``; ViTs: ``img_size``, ``drop_path_rate``, ``global_pool``, ``pos_embed``,
-    ``class_token``, ``dynamic_img_size``) and load ``pretrained_path`` if given."""
+    ``class_token``, ``dynamic_img_size``, ``reg_tokens``) and load ``pretrained_path`` if given."""
     builder = _get_builder(name)
     model = builder(**_options_for(name, builder, kw, BackboneError, ""))
     if pretrained_path:

@@ -84,20 +84,22 @@ def param_groups(model: nn.Module, weight_decay: float,
 
     Excluded: biases and every 1-d parameter (norm weights), plus what timm models list in
     ``no_weight_decay()``. Excluded parameters get no weight decay and no LARS adaptation.
+    A model with a ``param_lr_scale(name) -> float`` method gets one group per (excluded, scale)
+    pair, with that ``lr_scale`` (which ``ParamScheduler`` multiplies the lr by).
     """
     skip = _no_weight_decay_names(model) if exclude_bias_and_norm else set()
-    decay, no_decay = [], []
+    # a method may scale the lr per parameter (e.g. DINOv2's layer-wise decay): one group per scale
+    lr_scale = getattr(model, "param_lr_scale", lambda name: 1.0)
+    buckets: Dict[tuple, List] = {(False, 1.0): []}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         excluded = exclude_bias_and_norm and (p.ndim <= 1 or name.endswith(".bias") or name in skip)
-        (no_decay if excluded else decay).append(p)
-    groups = [dict(params=decay, weight_decay=weight_decay, apply_weight_decay=True,
-                   lars_exclude=False)]
-    if no_decay:
-        groups.append(dict(params=no_decay, weight_decay=0.0, apply_weight_decay=False,
-                           lars_exclude=True))
-    return groups
+        buckets.setdefault((excluded, float(lr_scale(name))), []).append(p)
+    ordered = sorted(buckets.items(), key=lambda kv: (kv[0][0], -kv[0][1]))  # decayed, lr x1 first
+    return [dict(params=params, weight_decay=0.0 if excluded else weight_decay,
+                 apply_weight_decay=not excluded, lars_exclude=excluded, lr_scale=scale)
+            for (excluded, scale), params in ordered if params or (excluded, scale) == (False, 1.0)]
 
 
 OPTIMIZERS = ("sgd", "adamw", "lars")
