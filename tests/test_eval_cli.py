@@ -104,7 +104,8 @@ def test_report_on_a_short_trained_checkpoint(short_checkpoint, cifar_archive, t
     assert set(results["results"]) == {"knn", "linear", "risk", "rankme", "umap_cluster"}
     assert results["skipped"] == {}
     risk = results["results"]["risk"]
-    assert risk["total_error"] == pytest.approx(100 - 0 * risk["approximation"] - (100 - risk["err_test"]))
+    parts = ("approximation", "usability", "probe_generalization", "encoder_generalization")
+    assert sum(risk[p] for p in parts) == pytest.approx(risk["total_error"]) == risk["err_test"]
     assert 1.0 < results["results"]["rankme"]["rankme_train"] <= 192
     assert 0.0 <= results["results"]["umap_cluster"]["ami"] < 1.0
     md = (folder / "report.md").read_text()
