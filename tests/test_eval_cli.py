@@ -79,6 +79,19 @@ def test_knn_on_a_short_trained_checkpoint_given_as_its_run_folder(short_checkpo
     assert "knn_top1@20" in capsys.readouterr().out
 
 
+def test_sslmem_of_a_checkpoint_against_itself_is_zero(short_checkpoint, cifar_archive, tmp_path,
+                                                       capsys):
+    out = tmp_path / "mem.json"
+    assert main(["sslmem", str(short_checkpoint), str(short_checkpoint / "checkpoints" / "last.pt"),
+                 "--data", str(cifar_archive), "--candidates", "0:6", "--views", "3", "--top", "4",
+                 "--device", "cpu", "--num-workers", "0", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["results"]["candidates"] == 6 and report["results"]["max_score"] == 0.0
+    assert [row["score"] for row in report["scores"]] == [0.0] * 6
+    assert (tmp_path / "mem_sslmem_hist.png").is_file() and (tmp_path / "mem_sslmem_top.png").is_file()
+    assert "mean_score" in capsys.readouterr().out
+
+
 def test_report_on_a_short_trained_checkpoint(short_checkpoint, cifar_archive, tmp_path, capsys,
                                               one_thread):
     pytest.importorskip("umap", reason="umap-learn not installed (the [cluster] extra)")
@@ -88,11 +101,11 @@ def test_report_on_a_short_trained_checkpoint(short_checkpoint, cifar_archive, t
                  "--weight-decays", "1e-4", "--umap-components", "8", "--no-cache",
                  "--report-dir", str(folder)]) == 0
     results = json.loads((folder / "results.json").read_text())
-    print(results["seconds"])
     assert set(results["results"]) == {"knn", "linear", "risk", "rankme", "umap_cluster"}
     assert results["skipped"] == {}
     risk = results["results"]["risk"]
-    assert risk["total_error"] == pytest.approx(100 - 0 * risk["approximation"] - (100 - risk["err_test"]))
+    parts = ("approximation", "usability", "probe_generalization", "encoder_generalization")
+    assert sum(risk[p] for p in parts) == pytest.approx(risk["total_error"]) == risk["err_test"]
     assert 1.0 < results["results"]["rankme"]["rankme_train"] <= 192
     assert 0.0 <= results["results"]["umap_cluster"]["ami"] < 1.0
     md = (folder / "report.md").read_text()

@@ -120,10 +120,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Dict[
 
 
 def _is_text(head: bytes) -> bool:
+    """UTF-8 without NUL bytes (a character cut at the end of ``head`` still counts as text)."""
     try:
         head.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:
+            return False
     return b"\x00" not in head
 
 

@@ -69,7 +69,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    g.add_argument("--cache-dir", default=DEFAULT_CACHE, help=f"feature cache (default {DEFAULT_CACHE})")
+    g.add_argument("--cache-dir", default=DEFAULT_CACHE, help="feature cache folder")
     g.add_argument("--no-cache", action="store_true", help="do not read or write cached features")
     g.add_argument("--out", default=None,
                    help="write the configuration and results as JSON here (figures beside it)")

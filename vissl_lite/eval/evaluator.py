@@ -74,6 +74,20 @@ class Evaluator:
         raise NotImplementedError
 
 
+class Transformed(Dataset):
+    """``(transform(image), label)`` of a data set that yields (image, label)."""
+
+    def __init__(self, dataset: Dataset, transform):
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, label = self.dataset[index]
+        return self.transform(image), label
+
+
 class EvalContext:
     """The encoder, data and features of one evaluation run (built by ``eval/cli.py``).
 
@@ -95,7 +109,7 @@ class EvalContext:
         self._encoder: Optional[nn.Module] = None
         self._info: Dict[str, Any] = {}
         self._features: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
-        self._datasets: Dict[Tuple[str, str], Optional[Dataset]] = {}
+        self._base: Dict[str, Dataset] = {}   # each split read once (an archive is decoded once)
         self._missing: Dict[str, str] = {}
         self._data_ids: Dict[str, str] = {}
         self.cache_hits: Dict[str, bool] = {}
@@ -157,14 +171,16 @@ class EvalContext:
             return None
         if transform is None:
             transform = eval_transform(self.image_size, *self.mean_std)
-        try:
-            dataset = build_dataset(self.data_cfg(), split, transform=transform)
-        except DataError as e:
-            if required:
-                raise
-            self._missing[split] = f"no {split} split ({e})"
-            return None
-        self._data_ids.setdefault(split, data_fingerprint(self.args.data, dataset))
+        if split not in self._base:
+            try:
+                self._base[split] = build_dataset(self.data_cfg(), split)
+            except DataError as e:
+                if required:
+                    raise
+                self._missing[split] = f"no {split} split ({e})"
+                return None
+            self._data_ids[split] = data_fingerprint(self.args.data, self._base[split])
+        dataset = Transformed(self._base[split], transform)
         size = self.subset_size(split) if subset is None else subset
         if size:
             dataset = Subset(dataset, random_subset(len(dataset), size,
@@ -178,10 +194,8 @@ class EvalContext:
         return self._missing.get(split, "")
 
     def classes(self) -> Optional[List[str]]:
-        dataset = self.dataset("train")
-        while isinstance(dataset, Subset):
-            dataset = dataset.dataset
-        classes = getattr(dataset, "classes", None)
+        self.dataset("train")
+        classes = getattr(self._base["train"], "classes", None)
         return list(classes) if classes else None
 
     def has_labels(self, split: str = "train") -> bool:

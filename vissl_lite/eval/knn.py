@@ -157,7 +157,8 @@ class KNNEvaluator(Evaluator):
         res = knn_classify(xtr, ytr, xte, yte, k=sorted(set(a.k) | set(curve)),
                            temperature=a.temperature, backend=a.backend,
                            num_classes=ctx.num_classes(), device=ctx.device)
-        table = {k: v for k, v in res.items() if int(k.split("@")[1]) in {min(k, len(xtr)) for k in a.k}}
+        shown = {min(k, len(xtr)) for k in a.k}
+        table = {name: v for name, v in res.items() if int(name.split("@")[1]) in shown}
         out = EvalResult(table)
         if len(curve) > 1:
             rows = [{"k": k, "top1": res[f"knn_top1@{k}"], "top5": res[f"knn_top5@{k}"]} for k in curve]

@@ -124,8 +124,8 @@ def to_html(blocks: List[Block]) -> str:
             f"</title><style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
-@EVALUATORS.register("report", help="every evaluator that applies (knn, linear, risk, rankme, "
-                                    "umap_cluster) in one Markdown/HTML report with a results JSON")
+@EVALUATORS.register("report", help=f"every evaluator that applies ({', '.join(PARTS)}) in one "
+                                    f"Markdown/HTML report with a results JSON")
 class ReportEvaluator(Evaluator):
     """Run ``PARTS`` on one set of features and write the report (module docstring)."""
 
