@@ -219,6 +219,14 @@ def build_train_loader(cfg, views_spec, rank: int, world_size: int, device: torc
     image_size = data_image_size(cfg)
     path = str(cfg.augment.path).lower()
 
+    if path == "gpu" and cfg.data.gpu_decode and not hasattr(dataset, "images"):
+        from vissl_lite.augment import build_gpu_views
+        from vissl_lite.data import build_dataset
+        from vissl_lite.data.hybrid import HybridLoader
+        return HybridLoader(dataset if dataset is not None else build_dataset(cfg.data, "train"),
+                            transform or build_gpu_views(views_spec, cfg.augment, image_size),
+                            batch_size, image_size, rank, world_size, cfg.seed,
+                            cfg.data.num_workers, device)
     if path == "gpu":
         if dataset is not None and hasattr(dataset, "images"):
             images, labels = dataset.images, dataset.labels
