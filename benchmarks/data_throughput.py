@@ -15,8 +15,9 @@ Paths:
   shards      the same views from tar shards (``data.name=shards``, ``vissl-lite shard``).
   lightly     lightly 1.6's ``SimCLRTransform(input_size=224)`` over torchvision's ImageFolder in
               a plain DataLoader (only when lightly is importable).
+  hybrid      ``data.gpu_decode=true``: workers read bytes, ``decode_jpeg`` of the batch and the
+              batched GPU views on the device (CUDA when present, else CPU tensors, labelled).
   decode      PIL decode alone (``Image.open().convert("RGB")``), the floor of every CPU path.
-On a machine without CUDA the GPU paths (``augment.path=gpu``) are not measured; the table says so.
 """
 from __future__ import annotations
 
@@ -32,8 +33,9 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vissl_lite.augment import ViewSpec, build_cpu_views  # noqa: E402
+from vissl_lite.augment import ViewSpec, build_cpu_views, build_gpu_views  # noqa: E402
 from vissl_lite.data import build_dataset  # noqa: E402
+from vissl_lite.data.hybrid import HybridLoader  # noqa: E402
 from vissl_lite.data.loader import CPULoader  # noqa: E402
 from vissl_lite.data.shards import ShardLoader, write_shards  # noqa: E402
 
@@ -89,6 +91,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--steps", type=int, default=8, help="timed batches per measurement")
+    ap.add_argument("--paths", nargs="+", default=["decode", "folder", "shards", "hybrid",
+                                                   "lightly"])
     args = ap.parse_args()
 
     work = Path(args.work)
@@ -106,7 +110,7 @@ def main() -> None:
 
     print(f"{len(dataset)} JPEGs of 256x256 in {folder}; SimCLR 2 views at 224; batch "
           f"{args.batch_size}; {os.cpu_count()} CPU cores; torch {torch.__version__}")
-    print(f"{'path':<10} {'workers':>7} {'images/s':>9}")
+    print(f"{'path':<14} {'workers':>7} {'images/s':>9}")
     for workers in args.workers:
         rows = {
             "decode": lambda: DataLoader(_DecodeOnly(dataset.samples), batch_size=args.batch_size,
@@ -116,17 +120,25 @@ def main() -> None:
             "shards": lambda: _epoch(ShardLoader(shards, views, args.batch_size, seed=0,
                                                  num_workers=workers, shuffle_buffer=200)),
         }
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        rows["hybrid"] = lambda: _epoch(HybridLoader(
+            dataset, build_gpu_views(ViewSpec("simclr", 2, 0), None, 224), args.batch_size, 256,
+            seed=0, num_workers=workers, device=device))
         if SimCLRTransform is not None:
             rows["lightly"] = lambda: DataLoader(
                 ImageFolder(str(folder / "train"), transform=SimCLRTransform(input_size=224)),
                 batch_size=args.batch_size, shuffle=True, num_workers=workers, drop_last=True)
         for name, make in rows.items():
-            print(f"{name:<10} {workers:>7} {rate(make(), args.batch_size, args.steps):>9.1f}",
+            if name not in args.paths:
+                continue
+            label = f"{name} ({device})" if name == "hybrid" else name
+            print(f"{label:<14} {workers:>7} {rate(make(), args.batch_size, args.steps):>9.1f}",
                   flush=True)
     if SimCLRTransform is None:
         print("lightly: not importable (install it on the side, see benchmarks/_common.py)")
-    print("GPU paths: " + ("run on a CUDA machine to measure" if not torch.cuda.is_available()
-                           else "not part of this script yet"))
+    if not torch.cuda.is_available():
+        print("no CUDA here: the hybrid row decoded and augmented on CPU tensors; GPU figures "
+              "were not measured")
 
 
 def _epoch(loader):
