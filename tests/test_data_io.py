@@ -1,5 +1,6 @@
-"""Your own data in: unlabelled folders and tars, corrupt files, downloads, one-line errors across
-DataLoader workers, the uint8 cache on a read-only disk, YAML positions, runs without a test split."""
+"""Your own data in: unlabelled folders and tars, corrupt files, downloads, one-line errors
+across DataLoader workers, the uint8 cache on a read-only disk, YAML positions, runs without a
+test split."""
 from __future__ import annotations
 
 import logging

@@ -68,7 +68,7 @@ def test_two_ranks_two_workers_see_every_image_once_and_resume_exactly(shards):
     for batch in epoch[0] + epoch[1]:
         assert batch["labels"].tolist() == [source.targets[i] for i in batch["index"]]
 
-    for start in (1, 4):                                        # a run stopped after `start` batches
+    for start in (1, 4):                                # a run stopped after `start` batches
         tail = epoch_batches(loaders[1], 0, start)
         assert len(tail) == 6 - start
         for a, b in zip(epoch[1][start:], tail):
@@ -101,3 +101,44 @@ def test_shard_command_and_training_on_shards(tmp_path, capsys):
                  "monitor.every_epochs=0", "logger.wandb.mode=disabled", "logger.progress=false",
                  "logger.plot=false", f"output_dir={tmp_path / 'run'}"])
     assert code == 0 and (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+
+
+# --- the hybrid path: bytes in workers, decode_jpeg + GPU views on the device (CPU here) ---------
+
+def test_hybrid_decode_matches_pil_and_views_match_the_in_memory_gpu_path(tmp_path, cifar_archive):
+    from vissl_lite.augment import ViewSpec, build_gpu_views
+    from vissl_lite.data import load_uint8
+    from vissl_lite.data.hybrid import HybridLoader, decode_batch
+
+    jpeg = build_dataset(DataConfig(root=str(cifar_archive), subset=64), "test")
+    encoded = [torch.frombuffer(bytearray(jpeg.dataset.read_bytes(i)), dtype=torch.uint8)
+               for i in jpeg.indices]
+    decoded = decode_batch(encoded, 32).int()
+    pil = torch.stack([pil_to_tensor(jpeg[i][0]) for i in range(64)]).int()
+    assert decoded.shape == (64, 3, 32, 32)
+    assert (decoded - pil).abs().float().mean() < 1.0            # libjpeg-turbo both ways
+
+    rng = np.random.default_rng(2)            # lossless PNGs at the view size: exact pixels
+    root = tmp_path / "tree"
+    for k in range(24):
+        (root / "train" / f"c{k % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+            root / "train" / f"c{k % 2}" / f"{k}.png")
+    cfg = DataConfig(root=str(root), image_size=16, cache_dir=str(tmp_path / "c"), num_workers=0)
+    views = build_gpu_views(ViewSpec("simclr", 2, 0), None, 16)
+    loader = HybridLoader(build_dataset(cfg), views, batch_size=8, image_size=16, seed=4,
+                          num_workers=2)
+    loader.set_epoch(1)
+    batches = list(loader)
+    assert len(batches) == 3 and sorted(torch.cat([b["index"] for b in batches]).tolist()) == \
+        list(range(24))
+    images, labels = load_uint8(cfg)                             # the in-memory path's uint8
+    from vissl_lite.data.loader import _GPU_AUGMENT, derive_seed
+    for b, batch in enumerate(batches):
+        gen = torch.Generator().manual_seed(derive_seed(4, 1, b, 0, _GPU_AUGMENT))
+        expected = views(images[batch["index"]], generator=gen)
+        assert all(torch.equal(x, y) for x, y in zip(batch["views"], expected))
+        assert torch.equal(batch["labels"], labels[batch["index"]])
+    loader.set_epoch(1, start_batch=2)
+    tail = list(loader)
+    assert len(tail) == 1 and torch.equal(tail[0]["views"][0], batches[2]["views"][0])

@@ -19,6 +19,7 @@ class DataConfig:
     on_corrupt: str = "error"         # error: stop at an unreadable image | skip: warn, count, go on
     image_size: Optional[int] = None  # null: the data set's native size (32 for CIFAR)
     in_memory: bool = False           # decode once into a uint8 tensor (cached on disk)
+    gpu_decode: bool = False          # augment.path=gpu: workers read bytes, decode_jpeg on device
     cache_dir: Optional[str] = None   # uint8 cache; null: $VISSL_LITE_CACHE or ~/.cache/vissl_lite
     num_workers: Any = 4              # auto | DataLoader worker processes (auto: autoconf.py)
     shuffle_buffer: int = 1000        # data.name=shards: samples in each worker's shuffle buffer

@@ -19,8 +19,8 @@ folder that happens to have no ``train/`` is an error for ``imagefolder`` whose 
 here, so a typo in ``data.root`` never trains on the wrong images silently.
 
 Downloads: with ``data.root`` unset, CIFAR-10/100 and STL-10 live in ``$VISSL_LITE_DATA`` (else
-``~/.cache/vissl_lite/datasets``) and ``data.download=true`` fetches them there. ``data.name=cifar10``
-(or ``cifar100``) with a root that is an ImageFolder tree or a tar of one (the CIFAR JPEGs) reads
+``~/.cache/vissl_lite/datasets``) and ``data.download=true`` fetches them there.
+``data.name=cifar10`` (or ``cifar100``) with a root that is an ImageFolder tree or a tar of one (the CIFAR JPEGs) reads
 it as ``imagefolder``: same classes in the same order.
 
 Corrupt files: ``data.on_corrupt=error`` (default) stops at the first unreadable image with its
@@ -81,7 +81,8 @@ def default_data_dir() -> Path:
     ``$XDG_CACHE_HOME/vissl_lite/datasets`` (``~/.cache/vissl_lite/datasets``)."""
     if os.environ.get(DATA_ENV):
         return Path(os.environ[DATA_ENV]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "vissl_lite" / "datasets"
+    cache = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser()
+    return cache / "vissl_lite" / "datasets"
 
 
 def _root(cfg: DataConfig) -> Path:
@@ -245,7 +246,7 @@ def _train_or_test(split: str, title: str) -> bool:
 
 @DATASETS.register("cifar10")
 def build_cifar10(cfg: DataConfig, split: str, transform=None) -> Dataset:
-    """CIFAR-10: torchvision's (data.download=true fetches it) or an ImageFolder/tar of its JPEGs."""
+    """CIFAR-10: torchvision's (data.download=true fetches it) or an ImageFolder/tar of JPEGs."""
     if _is_imagefolder_source(cfg, split):
         return build_imagefolder(cfg, split, transform)
     train = _train_or_test(split, "CIFAR-10")
@@ -255,7 +256,7 @@ def build_cifar10(cfg: DataConfig, split: str, transform=None) -> Dataset:
 
 @DATASETS.register("cifar100")
 def build_cifar100(cfg: DataConfig, split: str, transform=None) -> Dataset:
-    """CIFAR-100: torchvision's (data.download=true fetches it) or an ImageFolder/tar of its JPEGs."""
+    """CIFAR-100: torchvision's (data.download=true fetches it) or an ImageFolder/tar of JPEGs."""
     if _is_imagefolder_source(cfg, split):
         return build_imagefolder(cfg, split, transform)
     train = _train_or_test(split, "CIFAR-100")

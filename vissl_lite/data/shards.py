@@ -48,17 +48,13 @@ from torch.utils.data import (DataLoader, Dataset, IterableDataset, default_coll
 
 from vissl_lite.data.archive import _scan_ustar
 from vissl_lite.data.image import decode_rgb
+from vissl_lite.data.loader import derive_seed, raise_carried, seeded_sample
 from vissl_lite.errors import ConfigError, DataError, VisslLiteError
 
 __all__ = ["write_shards", "ShardLoader", "ShardIndex", "ShardDataset", "INDEX"]
 
 INDEX = "index.json"
 _SHARD_STREAM, _SHARD_VIEWS = 11, 12
-
-
-def _derive_seed(*keys: int) -> int:
-    from vissl_lite.rng import derive_seed  # as data/loader.py: one seed function
-    return derive_seed(*keys)
 
 
 # --- writing -------------------------------------------------------------------------------------
@@ -237,10 +233,8 @@ class _ShardEpoch(IterableDataset):
         self.shard_order = loader.shard_order(epoch)
 
     def _views(self, ref: _Ref) -> Dict[str, Any]:
-        from vissl_lite.data.loader import seeded_sample
-
         image = decode_rgb(self.index.read(ref), self.index.describe(ref))
-        seed = _derive_seed(self.seed, self.epoch, ref.key, _SHARD_VIEWS)
+        seed = derive_seed(self.seed, self.epoch, ref.key, _SHARD_VIEWS)
         return seeded_sample(self.transform, image, seed, ref.label, ref.key)
 
     def __iter__(self):
@@ -250,7 +244,7 @@ class _ShardEpoch(IterableDataset):
         skip = (self.start + w) // workers
         order = self.shard_order[stream::self.streams]
         refs = _stream(self.index, order, self.buffer_size,
-                       _derive_seed(self.seed, self.epoch, stream, _SHARD_STREAM))
+                       derive_seed(self.seed, self.epoch, stream, _SHARD_STREAM))
         batch: List[_Ref] = []
         done = 0
         for ref in refs:
@@ -296,7 +290,7 @@ class ShardLoader:
         self.epoch, self.start_batch = 0, 0
 
     def shard_order(self, epoch: int) -> List[int]:
-        g = torch.Generator().manual_seed(_derive_seed(self.seed, epoch, _SHARD_STREAM))
+        g = torch.Generator().manual_seed(derive_seed(self.seed, epoch, _SHARD_STREAM))
         return torch.randperm(len(self.index.files), generator=g).tolist()
 
     def __len__(self) -> int:
@@ -310,7 +304,6 @@ class ShardLoader:
         self.epoch, self.start_batch = epoch, start_batch
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
-        from vissl_lite.data.loader import raise_carried
         loader = DataLoader(_ShardEpoch(self, self.epoch, self.start_batch), batch_size=None,
                             num_workers=self.num_workers, pin_memory=self.pin_memory,
                             prefetch_factor=4 if self.num_workers > 0 else None)
