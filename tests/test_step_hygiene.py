@@ -12,6 +12,8 @@ three steps whose schedules change (temperatures, EMA momentum) must not recompi
 """
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch._dynamo
@@ -142,11 +144,22 @@ def test_training_step_is_one_graph_and_never_recompiles(name):
         [str(r.reason)[:200] for r in explained.break_reasons]
 
     torch._dynamo.reset()
+    eager = copy.deepcopy(method)
     step_fn, compiled = _counting_compile(method.training_step)
     for step in range(3):            # schedules (temperatures, momenta) change at every step
-        step_fn(views_batch(method, seed=step)).loss.backward()
-        method.zero_grad(set_to_none=True)
-        method.on_step_end(step, method.total_steps)
+        outs = []
+        for fn, m in ((step_fn, method), (eager.training_step, eager)):
+            torch.manual_seed(step)
+            out = fn(views_batch(m, seed=step))
+            out.loss.backward()
+            m.zero_grad(set_to_none=True)
+            m.on_step_end(step, m.total_steps)
+            outs.append(out)
+        # the compiled step sees the moving schedules (no stale constant baked into the graph)
+        torch.testing.assert_close(outs[0].loss, outs[1].loss)
+        for key, value in outs[1].metrics.items():
+            torch.testing.assert_close(torch.as_tensor(outs[0].metrics[key]).float(),
+                                       torch.as_tensor(value).float(), msg=f"{name}: {key}")
     assert len(compiled) == 1, f"{name}: training_step compiled {len(compiled)} times in 3 steps"
 
 

@@ -11,8 +11,8 @@ distributions as the torchvision pipeline in ``cpu.py``:
   ``affine_grid`` + ``grid_sample`` per view that resizes (and flips) all boxes at once;
 - colour jitter: torchvision's ``ColorJitter`` semantics, including a random order of the four
   ops drawn per sample; brightness, contrast and saturation are blends with a per-sample reference
-  (zero, mean gray level, gray image) done for all samples at once, hue through HSV on the samples
-  whose turn it is;
+  (zero, mean gray level, gray image) done for all samples at once, hue through HSV computed for
+  all samples at each of the four steps and kept where it is that sample's turn;
 - grayscale (ITU-R 601 weights), Gaussian blur with a per-sample sigma (separable depthwise
   convolution, reflect padding, kernel of 10% of the view size), solarisation at 128/255.
 
@@ -24,7 +24,11 @@ without antialiasing (crops are mostly upsampled, so this only matters when a cr
 than ~2x), bicubic's outer pixel ring may read the pixels just outside the crop box, and the ops
 run in float instead of rounding to uint8 after each op.
 
-The same code runs on CPU tensors (it is tested there) and on CUDA.
+The same code runs on CPU tensors (it is tested there) and on CUDA. A call never waits for the
+device: probabilities, ranges, gray weights and mean/std are Python numbers, per-sample choices
+are ``torch.where`` over the batch, and shapes depend on the configuration only, so ``forward``
+(without a generator) compiles as one graph; ``draw`` + ``render`` split off the random draws for
+a seeded ``torch.Generator``, which dynamo cannot trace (tests/test_step_hygiene.py).
 """
 from __future__ import annotations
 
