@@ -74,21 +74,16 @@ def test_swav_loss_equals_lightly_values_and_gradients(with_queue):
         torch.testing.assert_close(o.grad, t.grad)
 
 
-def _three_crops(s0, s1, s2):
-    return swav_loss([s0, s1, s2], 2)
-
-
-def _with_queue(s0, s1, q0, q1):
-    return swav_loss([s0, s1], 2, queue_scores=[q0, q1])
+def _crops_and_queue(s0, s1, s2, q0, q1):
+    return swav_loss([s0, s1, s2], 2, queue_scores=[q0, q1])
 
 
 def test_sinkhorn_gathered_over_two_ranks_equals_full_batch(tmp_path):
-    scores = _scores(crops=3)
-    parts = loss_on_ranks(_three_crops, scores, (), tmp_path / "a")
-    assert_ranks_match_full(parts, _three_crops, scores, (), same_loss_on_every_rank=False)
-    inputs = _scores(crops=2) + _scores(b=6, crops=2, seed=2)
-    parts = loss_on_ranks(_with_queue, inputs, (), tmp_path / "b")
-    assert_ranks_match_full(parts, _with_queue, inputs, (), same_loss_on_every_rank=False)
+    """Two global crops, one local crop and a queue per rank: Sinkhorn's columns are the samples
+    and queue rows of every rank, so rank gradients averaged as DDP does = the full gradient."""
+    inputs = _scores(crops=3) + _scores(b=6, crops=2, seed=2)
+    parts = loss_on_ranks(_crops_and_queue, inputs, (), tmp_path)
+    assert_ranks_match_full(parts, _crops_and_queue, inputs, (), same_loss_on_every_rank=False)
 
 
 def test_prototypes_frozen_in_the_first_epoch_and_kept_normalised():
