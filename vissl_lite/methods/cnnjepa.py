@@ -34,8 +34,8 @@ from torch import nn
 
 from vissl_lite.augment.masks import block_masks
 from vissl_lite.augment.spec import ViewSpec
-from vissl_lite.engine.ema import ema_update
-from vissl_lite.engine.schedules import linear_schedule
+from vissl_lite.methods.ema import ema_update
+from vissl_lite.schedules import linear_schedule
 from vissl_lite.errors import ConfigError
 from vissl_lite.methods.base import Method, StepOutput
 from vissl_lite.methods.vit_blocks import gather_tokens

@@ -44,7 +44,7 @@ from torch import nn
 from vissl_lite.augment.masks import random_patch_mask
 from vissl_lite.augment.spec import ViewSpec
 from vissl_lite.distributed import all_reduce_mean, world_size
-from vissl_lite.engine.ema import ema_update
+from vissl_lite.methods.ema import ema_update
 from vissl_lite.errors import ConfigError
 from vissl_lite.methods.base import Method, StepOutput
 from vissl_lite.methods.dino import teacher_momentum, teacher_temperature, update_center
