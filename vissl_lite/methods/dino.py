@@ -17,7 +17,6 @@ first ``freeze_last_layer`` epochs. Evaluation uses the teacher's backbone, as t
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Sequence
 
@@ -31,6 +30,7 @@ from vissl_lite.methods.ema import ema_update
 from vissl_lite.methods.base import Method, StepOutput
 from vissl_lite.methods.heads import DINOHead
 from vissl_lite.registry import METHODS
+from vissl_lite.schedules import cosine_schedule
 
 
 @dataclass
@@ -84,11 +84,6 @@ def teacher_temperature(epoch: int, warmup_temp: float, final_temp: float, warmu
     if epoch >= warmup_epochs:
         return final_temp
     return warmup_temp + (final_temp - warmup_temp) * epoch / max(warmup_epochs - 1, 1)
-
-
-def teacher_momentum(step: int, total_steps: int, base: float, end: float = 1.0) -> float:
-    """Cosine schedule from ``base`` at step 0 to ``end`` at ``total_steps``."""
-    return end - (end - base) * (math.cos(math.pi * step / max(total_steps, 1)) + 1) / 2
 
 
 def _forward_by_resolution(backbone: nn.Module, head: nn.Module, crops: Sequence[torch.Tensor]):
@@ -188,7 +183,7 @@ class DINO(Method):
 
         The teacher's batch-norm statistics come from its own forward passes, as in the paper's code.
         """
-        m = teacher_momentum(step, total_steps, self.cfg.momentum_teacher, self.cfg.momentum_teacher_end)
+        m = cosine_schedule(step, total_steps, self.cfg.momentum_teacher, self.cfg.momentum_teacher_end)
         ema_update(self.teacher_backbone, self.backbone, m, copy_buffers=False)
         ema_update(self.teacher_head, self.head, m, copy_buffers=False)
         self.set_steps_done(step + 1)

@@ -47,10 +47,11 @@ from vissl_lite.distributed import all_reduce_mean, world_size
 from vissl_lite.methods.ema import ema_update
 from vissl_lite.errors import ConfigError
 from vissl_lite.methods.base import Method, StepOutput
-from vissl_lite.methods.dino import teacher_momentum, teacher_temperature, update_center
+from vissl_lite.methods.dino import teacher_temperature, update_center
 from vissl_lite.methods.heads import DINOHead
 from vissl_lite.methods.vit_blocks import gather_tokens
 from vissl_lite.registry import METHODS
+from vissl_lite.schedules import cosine_schedule
 
 CENTERINGS = ("centering", "sinkhorn_knopp")
 
@@ -260,7 +261,7 @@ class DINOv2(Method):
 
     @torch.no_grad()
     def on_step_end(self, step: int, total_steps: int) -> None:
-        m = teacher_momentum(step, total_steps, self.cfg.momentum_teacher,
+        m = cosine_schedule(step, total_steps, self.cfg.momentum_teacher,
                              self.cfg.momentum_teacher_end)
         pairs = [(self.teacher_backbone, self.backbone), (self.teacher_head, self.head)]
         if self.cfg.separate_patch_head:
