@@ -90,3 +90,17 @@ def test_candidates_from_a_file_or_a_range(tmp_path):
         read_candidates(str(tmp_path / "missing.txt"), 6)
     with pytest.raises(EvalError, match="V >= 2"):
         sslmem_scores(torch.rand(2, 1, 3, 8, 8), RandomProjection(), RandomProjection())
+
+
+def test_candidates_from_a_folder_of_images(tmp_path):
+    from PIL import Image
+
+    from vissl_lite.eval.sslmem import folder_images
+
+    (tmp_path / "sub").mkdir()
+    for name in ("b.png", "sub/a.jpg"):
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert [p.name for p in folder_images(str(tmp_path))] == ["b.png", "a.jpg"]
+    with pytest.raises(EvalError, match="a folder without images"):
+        folder_images(str(tmp_path / "sub" / "missing"))

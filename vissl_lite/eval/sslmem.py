@@ -20,7 +20,7 @@ an atypical one that f had to memorise scores high. f = g gives exactly 0 for ev
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Sequence
 
 import torch
 import torch.nn.functional as F
