@@ -93,6 +93,22 @@ def test_sigreg_on_two_ranks_is_that_of_the_global_batch(tmp_path):
         torch.testing.assert_close(out["grad_a"], 2 * full_a.grad[r * 8:(r + 1) * 8])
 
 
+def _sigreg_own_seed_per_rank(a, b):
+    import torch.distributed as dist
+    torch.manual_seed(dist.get_rank())              # different draws unless rank 0's is broadcast
+    return sigreg(torch.stack([a, b]), random_directions(a.shape[1], 32), *GRID)
+
+
+def test_every_rank_uses_rank_zeros_directions(tmp_path):
+    g = torch.Generator().manual_seed(4)
+    z_a, z_b = torch.randn(16, 8, generator=g), torch.randn(16, 8, generator=g)
+    ranks = pair_loss_on_ranks(_sigreg_own_seed_per_rank, z_a, z_b, (), tmp_path)
+    torch.manual_seed(0)
+    want = sigreg(torch.stack([z_a, z_b]), random_directions(8, 32), *GRID)
+    for out in ranks:
+        torch.testing.assert_close(out["loss"], want)
+
+
 def test_training_step_is_one_graph_and_draws_new_directions_each_step():
     method = tiny_method("lejepa")
     batch = views_batch(method)
