@@ -32,6 +32,9 @@ from vissl_lite.errors import EvalError, VisslLiteError
 from vissl_lite.eval.evaluator import EvalContext, EvalResult
 from vissl_lite.eval.features import EvalWarning, file_digest
 from vissl_lite.registry import EVALUATORS
+from vissl_lite.backbones import build_backbone_from_config
+from vissl_lite.backbones.config import BackboneConfig
+from vissl_lite.engine import load_pretrained
 
 NATIVE_SIZE = {"cifar10": 32, "cifar100": 32, "stl10": 96}
 DEFAULT_CACHE = os.environ.get("VISSL_LITE_CACHE", str(Path.home() / ".cache" / "vissl_lite" / "features"))
@@ -111,9 +114,6 @@ def resolve_checkpoint(spec: str) -> Path:
 def load_encoder(spec: str, args: argparse.Namespace) -> Tuple[nn.Module, Dict[str, Any]]:
     """(encoder, info) with info: model_id, image_size (or None), mean, std, augment config."""
     if spec.startswith("random:"):
-        from vissl_lite.backbones import build_backbone_from_config
-        from vissl_lite.backbones.config import BackboneConfig
-
         name = spec.split(":", 1)[1]
         size = args.image_size or NATIVE_SIZE.get(args.dataset) or (32 if args.cifar_stem else 224)
         torch.manual_seed(args.seed)
@@ -123,7 +123,6 @@ def load_encoder(spec: str, args: argparse.Namespace) -> Tuple[nn.Module, Dict[s
         return encoder, {"model_id": model_id, "image_size": size, "mean": None, "std": None,
                          "augment": None}
     path = resolve_checkpoint(spec)
-    from vissl_lite.engine import load_pretrained
 
     method, cfg = load_pretrained(str(path))
     encoder = method.backbone_for_eval()

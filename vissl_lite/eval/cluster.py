@@ -20,14 +20,17 @@ import torch.nn.functional as F
 from vissl_lite.errors import EvalError
 from vissl_lite.eval.evaluator import EvalContext, EvalResult, Evaluator
 from vissl_lite.registry import EVALUATORS
+from vissl_lite.eval.knn import faiss_has_gpu
+from vissl_lite.eval.transforms import train_probe_transform
+from vissl_lite.augment import build_cpu_views
+from vissl_lite.augment.config import AugmentConfig
+from vissl_lite.augment.spec import ViewSpec
 
 
 def kmeans(features: torch.Tensor, num_clusters: int, niter: int = 50, nredo: int = 5,
            seed: int = 0) -> torch.Tensor:
     """Cluster assignment (N,) of FAISS k-means on ``features`` (GPU when faiss has it)."""
     import faiss
-
-    from vissl_lite.eval.knn import faiss_has_gpu
 
     if not 1 <= num_clusters <= len(features):
         raise EvalError(f"k-means needs 1 <= num_clusters <= N, got {num_clusters} clusters for "
@@ -109,13 +112,7 @@ def augmented_views(ctx: EvalContext):
     """(image -> list of >= 2 augmented, normalised views, recipe name): the checkpoint's
     pretraining augmentation (SimCLR two-view recipe with its config) when the augment package is
     there, else random resized crop + flip."""
-    from vissl_lite.eval.transforms import train_probe_transform
-
     try:
-        from vissl_lite.augment import build_cpu_views
-        from vissl_lite.augment.config import AugmentConfig
-        from vissl_lite.augment.spec import ViewSpec
-
         views = build_cpu_views(ViewSpec("simclr", 2, 0), ctx.info["augment"] or AugmentConfig(),
                                 ctx.image_size)
         return views, "simclr"

@@ -35,6 +35,8 @@ from vissl_lite.errors import DataError, EvalError
 from vissl_lite.eval.features import (EvalWarning, cache_key, cached_features, data_fingerprint,
                                       extract_features, random_subset, resolve_device)
 from vissl_lite.eval.transforms import eval_transform, resolve_mean_std
+from vissl_lite.data.config import DataConfig
+from vissl_lite.data import build_dataset
 
 #: encoder, info = load_encoder("runs/x/checkpoints/last.pt" | "random:resnet18");
 #: info: model_id, image_size, mean, std, augment (the pretraining recipe's config or None)
@@ -144,8 +146,6 @@ class EvalContext:
     def data_cfg(self):
         from omegaconf import OmegaConf
 
-        from vissl_lite.data.config import DataConfig
-
         if not Path(self.args.data).exists() and self.args.dataset == "imagefolder":
             raise EvalError(f"data not found: {self.args.data} (give an ImageFolder directory or "
                             f".tar.gz with train/ and test/, or --dataset cifar10 with its root)")
@@ -163,8 +163,6 @@ class EvalContext:
                 seed: Optional[int] = None, required: bool = True) -> Optional[Dataset]:
         """``split`` with ``transform`` (default: the evaluation transform), ``--subset-<split>``
         random images of it; None when the split does not exist and ``required`` is False."""
-        from vissl_lite.data import build_dataset
-
         if split in self._missing:
             if required:
                 raise EvalError(self._missing[split])

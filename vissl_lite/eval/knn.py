@@ -19,6 +19,7 @@ from vissl_lite.errors import EvalError
 from vissl_lite.eval.evaluator import EvalContext, EvalResult, Evaluator
 from vissl_lite.eval.metrics import check_features, topk_accuracy
 from vissl_lite.registry import EVALUATORS
+from vissl_lite.eval.plots import line_plot
 
 BACKENDS = ("auto", "faiss", "torch")
 
@@ -165,8 +166,6 @@ class KNNEvaluator(Evaluator):
             out.tables["kNN accuracy vs k"] = rows
             path = ctx.figure_path("knn_vs_k.png")
             if path is not None:
-                from vissl_lite.eval.plots import line_plot
-
                 out.figures["kNN accuracy (%) vs number of neighbours k"] = line_plot(
                     path, curve, {"top-1": [r["top1"] for r in rows], "top-5": [r["top5"] for r in rows]},
                     "k", "accuracy (%)", f"kNN (T={a.temperature})", logx=True)

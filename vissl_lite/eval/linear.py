@@ -30,6 +30,8 @@ from vissl_lite.eval.evaluator import EvalContext, EvalResult, Evaluator
 from vissl_lite.eval.features import extract_features, resolve_device
 from vissl_lite.eval.metrics import check_features, topk_accuracy
 from vissl_lite.registry import EVALUATORS
+from vissl_lite import distributed as dist
+from vissl_lite.eval.transforms import train_probe_transform
 
 DEFAULT_WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
 
@@ -216,9 +218,6 @@ class LinearEvaluator(Evaluator):
         g.add_argument("--lr", type=float, default=0.1, help="SGD lr (standard mode: per 256 images)")
 
     def run(self, ctx: EvalContext) -> EvalResult:
-        from vissl_lite import distributed as dist
-        from vissl_lite.eval.transforms import train_probe_transform
-
         a = ctx.args
         xtr, ytr, xte, yte = ctx.labelled_features()
         num_classes = ctx.num_classes()

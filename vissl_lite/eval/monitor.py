@@ -30,6 +30,7 @@ from vissl_lite.eval.knn import knn_classify
 from vissl_lite.eval.metrics import topk_accuracy
 from vissl_lite.eval.rankme import rankme
 from vissl_lite.eval.transforms import resolve_mean_std, uint8_transform
+from vissl_lite.data import build_dataset
 
 ImagesLabels = Tuple[torch.Tensor, torch.Tensor]
 log = logging.getLogger(__name__)
@@ -96,8 +97,6 @@ class OnlineLinearHead(nn.Module):
 def load_uint8_subset(data_cfg, split: str, size: Optional[int], image_size: int, seed: int = 0,
                       num_workers: int = 0) -> ImagesLabels:
     """A fixed random subset of a split, resized/center-cropped, as (uint8 (N,3,S,S), labels (N,))."""
-    from vissl_lite.data import build_dataset
-
     dataset = build_dataset(data_cfg, split, transform=uint8_transform(image_size))
     if len(dataset) == 0:
         raise EvalError(f"the {split} split of {data_cfg.root} is empty; the monitor needs images")

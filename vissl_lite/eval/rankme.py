@@ -16,6 +16,7 @@ import torch
 from vissl_lite.errors import EvalError
 from vissl_lite.eval.evaluator import EvalContext, EvalResult, Evaluator
 from vissl_lite.registry import EVALUATORS
+from vissl_lite.eval.plots import line_plot
 
 EPS = 1e-7
 
@@ -57,8 +58,6 @@ class RankMeEvaluator(Evaluator):
         out = EvalResult(rankme_evaluate(xtr, test_features=xte))
         path = ctx.figure_path("spectrum.png")
         if path is not None:
-            from vissl_lite.eval.plots import line_plot
-
             sigma = singular_values(xtr)
             out.figures["singular values of the train features (normalised to sum 1), log scale"] = \
                 line_plot(path, range(1, len(sigma) + 1), {"train": (sigma / sigma.sum()).tolist()},

@@ -30,6 +30,10 @@ from vissl_lite.errors import EvalError
 from vissl_lite.eval.evaluator import EvalContext, EvalResult, Evaluator
 from vissl_lite.eval.features import extract_features
 from vissl_lite.registry import EVALUATORS
+from vissl_lite.data.image import IMG_EXTENSIONS, is_image_file
+from vissl_lite.eval.cluster import augmented_views
+from vissl_lite.data.image import load_rgb
+from vissl_lite.eval.plots import histogram, image_grid
 
 
 def alignment_per_image(features: torch.Tensor) -> torch.Tensor:
@@ -93,8 +97,6 @@ def read_candidates(spec: str, dataset_len: int) -> List[int]:
 
 
 def folder_images(folder: str) -> List[Path]:
-    from vissl_lite.data.image import IMG_EXTENSIONS, is_image_file
-
     files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_image_file(p.name))
     if not files:
         raise EvalError(f"--candidates {folder}: a folder without images ({', '.join(IMG_EXTENSIONS)})")
@@ -131,15 +133,11 @@ class SSLMemEvaluator(Evaluator):
         g.add_argument("--top", type=int, default=16, help="images in the top-scored grid")
 
     def run(self, ctx: EvalContext) -> EvalResult:
-        from vissl_lite.eval.cluster import augmented_views
-
         a = ctx.args
         if a.views < 2:
             raise EvalError("--views must be at least 2 (alignment compares views)")
         views, recipe = augmented_views(ctx)
         if Path(a.candidates).is_dir():
-            from vissl_lite.data.image import load_rgb
-
             files = folder_images(a.candidates)
             images, names = [load_rgb(str(p)) for p in files], [str(p) for p in files]
         else:
@@ -165,8 +163,6 @@ class SSLMemEvaluator(Evaluator):
                                 "scores": rows})
         hist, grid = ctx.figure_path("sslmem_hist.png"), ctx.figure_path("sslmem_top.png")
         if hist is not None:
-            from vissl_lite.eval.plots import histogram, image_grid
-
             out.figures["histogram of the normalised SSLMem scores"] = histogram(
                 hist, score.tolist(), "SSLMem (normalised)", f"SSLMem of {len(score)} candidates")
             top = order[:a.top]

@@ -14,6 +14,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torchvision.transforms import v2
 
+from vissl_lite.augment import default_mean_std as augment_default
+
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -28,16 +30,8 @@ SMALL_IMAGE = 64
 def default_mean_std(image_size: int, dataset: Optional[str] = None
                      ) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
     """The augmentation pipeline's normalisation for this data set (name, or None) and size."""
-    try:
-        from vissl_lite.augment import default_mean_std as augment_default
-    except ImportError:
-        augment_default = None
-    if augment_default is not None:
-        mean, std = augment_default(_known_name(dataset), image_size)
-        return tuple(mean), tuple(std)
-    if image_size <= 32:
-        return CIFAR_MEAN, CIFAR_STD
-    return IMAGENET_MEAN, IMAGENET_STD
+    mean, std = augment_default(_known_name(dataset), image_size)
+    return tuple(mean), tuple(std)
 
 
 def _known_name(dataset: Optional[str]) -> Optional[str]:

@@ -25,6 +25,7 @@ import torch
 from vissl_lite.errors import EvalError
 from vissl_lite.eval.evaluator import EvalContext, EvalResult, Evaluator
 from vissl_lite.registry import EVALUATORS
+from vissl_lite.eval.plots import scatter_2d
 
 UMAP_MISSING = ("umap_cluster needs umap-learn, an optional dependency: pip install umap-learn "
                 "(or pip install 'vissl_lite[cluster]')")
@@ -176,8 +177,6 @@ class UMAPClusterEvaluator(Evaluator):
             out.notes.append(f"the {split} split has no labels: no AMI; silhouette is the proxy")
         path = ctx.figure_path("umap.png")
         if path is not None:
-            from vissl_lite.eval.plots import scatter_2d
-
             flat = umap_reduce(x, n_components=2, n_neighbors=a.umap_neighbors, seed=a.seed)
             colours, names = (y.numpy(), ctx.classes()) if labelled else (assign, None)
             what = "label" if labelled else f"{a.algorithm} cluster"
