@@ -16,8 +16,8 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 
 from vissl_lite.data import (DataError, ImageFolder, ImageFolderArchive, UInt8TensorDataset,
                              build_dataset, build_uint8_dataset, load_uint8, subset_indices)
-from vissl_lite.data import archive as archive_mod
-from vissl_lite.data import memory
+from vissl_lite.data import tarscan
+from vissl_lite.data import decode, memory
 from vissl_lite.data.config import DataConfig
 from vissl_lite.registry import DATASETS
 
@@ -99,7 +99,7 @@ def assert_same_samples(a, b):
 def test_ustar_archive_is_parsed_by_our_reader(tmp_path):
     root = write_folder(tmp_path / "d")
     path = write_tar(root, tmp_path / "d.tar", fmt=tarfile.USTAR_FORMAT)
-    assert len(archive_mod._scan_ustar(path.read_bytes())) == 12 + 3 + 3 + 2  # files, dirs
+    assert len(tarscan.scan_ustar(path.read_bytes())) == 12 + 3 + 3 + 2  # files, dirs
     assert_same_samples(build_dataset(cfg(path), "train"), build_dataset(cfg(root), "train"))
 
 
@@ -112,7 +112,7 @@ def test_long_names_fall_back_to_tarfile(tmp_path, name, fmt, mode):
     root = write_folder(tmp_path / "d")
     write_folder(root, classes=("x" * 120,), per_class=2, seed=1)
     path = write_tar(root, tmp_path / name, fmt=fmt, mode=mode)
-    assert archive_mod._scan_ustar(archive_mod._read_compressed(path) or path.read_bytes()) is None
+    assert tarscan.scan_ustar(tarscan.read_compressed(path) or path.read_bytes()) is None
     archive = build_dataset(cfg(path), "train")
     assert "x" * 120 in archive.classes
     assert_same_samples(archive, build_dataset(cfg(root), "train"))
@@ -148,13 +148,13 @@ def test_archive_in_dataloader_workers(tmp_path, name, mode):
 @pytest.fixture
 def count_decodes(monkeypatch):
     calls = []
-    real = memory._decode
+    real = memory.decode_split
 
     def counting(dataset, data_cfg):
         calls.append(len(dataset))
         return real(dataset, data_cfg)
 
-    monkeypatch.setattr(memory, "_decode", counting)
+    monkeypatch.setattr(memory, "decode_split", counting)
     return calls
 
 
@@ -199,7 +199,7 @@ def test_load_uint8_archive_cache_follows_the_file(tmp_path, count_decodes):
 
 def test_load_uint8_parallel_workers_and_subset(tmp_path, monkeypatch):
     root = write_folder(tmp_path / "d", per_class=7)
-    monkeypatch.setattr(memory, "CHUNK", 4)  # 6 chunks over 2 worker processes
+    monkeypatch.setattr(decode, "CHUNK", 4)  # 6 chunks over 2 worker processes
     serial = load_uint8(cfg(root, cache_dir=str(tmp_path / "c0"), num_workers=0), "train")
     parallel = load_uint8(cfg(root, cache_dir=str(tmp_path / "c2"), num_workers=2), "train")
     assert torch.equal(serial[0], parallel[0]) and torch.equal(serial[1], parallel[1])
@@ -338,7 +338,7 @@ def test_corrupt_image_named_at_read_time(corrupt_folder, tmp_path):
 
 def test_corrupt_image_named_at_decode_time(corrupt_folder, tmp_path, monkeypatch):
     root, bad, _ = corrupt_folder
-    monkeypatch.setattr(memory, "CHUNK", 2)
+    monkeypatch.setattr(decode, "CHUNK", 2)
     with pytest.raises(DataError) as e:
         load_uint8(cfg(root, cache_dir=str(tmp_path / "c"), num_workers=2), "train")
     assert str(e.value).startswith(f"corrupt or unreadable image: {bad} (PIL: ")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -23,9 +24,12 @@ from omegaconf import OmegaConf
 
 from vissl_lite import __version__
 from vissl_lite.config import load_config
+from vissl_lite.data.datasets import build_dataset
+from vissl_lite.data.shard_writer import write_shards
 from vissl_lite.engine.trainer import Trainer
 from vissl_lite.errors import VisslLiteError
 from vissl_lite.eval.cli import add_eval_arguments, run_eval_cli
+from vissl_lite.export import export_backbone
 from vissl_lite.presets import list_presets
 from vissl_lite.registry import ALL_REGISTRIES, EVALUATORS, METHODS
 
@@ -86,17 +90,20 @@ def _display(path: Path) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from vissl_lite.export import export_backbone
-
     how = export_backbone(args.checkpoint, args.format, args.out)
     print(f"wrote the backbone of {args.checkpoint}; load it with:\n{how}")
     return 0
 
 
 def cmd_shard(args: argparse.Namespace) -> int:
-    from vissl_lite.data.shards import shard_cli
-
-    shard_cli(args.data, args.out, args.shard_size, args.name, args.split)
+    """The data set ``--name`` at DATA -> tar shards in ``--out``."""
+    started = time.perf_counter()
+    dataset = build_dataset({"name": args.name, "root": args.data}, args.split)
+    write_shards(dataset, args.out, args.shard_size)
+    print(f"wrote {len(dataset):,} images of {args.data} ({args.name}, split '{args.split}') as "
+          f"{-(-len(dataset) // args.shard_size)} shards into {args.out} in "
+          f"{time.perf_counter() - started:.1f} s; train on them with data.name=shards "
+          f"data.root={args.out}")
     return 0
 
 

@@ -29,176 +29,28 @@ device: probabilities, ranges, gray weights and mean/std are Python numbers, per
 are ``torch.where`` over the batch, and shapes depend on the configuration only, so ``forward``
 (without a generator) compiles as one graph; ``draw`` + ``render`` split off the random draws for
 a seeded ``torch.Generator``, which dynamo cannot trace (tests/test_step_hygiene.py).
+
+The crop boxes and the batched resize are in ``boxes.py``, the colour ops in ``color.py``; this
+module draws the parameters and runs the pipeline (``GPUViews``).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from vissl_lite.augment.boxes import CROP_TRIES, resized_crop, sample_crop_boxes, uniform
+from vissl_lite.augment.color import (adjust_hue, color_jitter, gaussian_blur, grayscale,
+                                      solarize)
 from vissl_lite.augment.crops import draw_gaussian_box_randoms, gaussian_boxes
 from vissl_lite.augment.recipes import ViewParams, resolve_views
 from vissl_lite.augment.spec import ViewSpec
 
-SOLARIZE_THRESHOLD = 128 / 255
-CROP_TRIES = 10                      # torchvision's RandomResizedCrop tries 10 boxes
-GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
+__all__ = ["GPUViews", "BatchParams", "build_gpu_views", "sample_crop_boxes", "resized_crop",
+           "adjust_hue", "color_jitter", "gaussian_blur", "grayscale", "solarize"]
 
-
-def _rand(shape, generator: Optional[torch.Generator], device, dtype=torch.float32):
-    """Uniform draws on the generator's device (so a seeded CPU generator gives the same views on
-    any device), moved to ``device``."""
-    gen_device = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
-
-
-# ---------------------------------------------------------------------------- crop boxes ------
-
-def sample_crop_boxes(n: int, height: int, width: int, scale: Tuple[float, float],
-                      ratio: Tuple[float, float] = (3 / 4, 4 / 3),
-                      generator: Optional[torch.Generator] = None, device=None,
-                      tries: int = 10, uniforms: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``n`` boxes (top, left, h, w) as ``RandomResizedCrop.get_params`` draws them, vectorised.
-
-    ``uniforms`` (n, 2 * tries + 2) float64 in [0, 1) replaces the draws (``GPUViews.draw``)."""
-    area = height * width
-    if uniforms is None:
-        uniforms = _rand((n, 2 * tries + 2), generator, device, torch.float64)
-    u = uniforms[:, :2 * tries].reshape(n, tries, 2)
-    target_area = area * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[..., 1])
-    w = torch.round(torch.sqrt(target_area * aspect))
-    h = torch.round(torch.sqrt(target_area / aspect))
-    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = ok.to(torch.uint8).argmax(dim=1, keepdim=True)
-    found = ok.any(dim=1)
-    w = w.gather(1, first).squeeze(1)
-    h = h.gather(1, first).squeeze(1)
-
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        fw, fh = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        fw, fh = int(round(height * max(ratio))), height
-    else:
-        fw, fh = width, height
-    w = torch.where(found, w, torch.full_like(w, fw))
-    h = torch.where(found, h, torch.full_like(h, fh))
-
-    pos = uniforms[:, 2 * tries:]
-    top = torch.where(found, torch.floor(pos[:, 0] * (height - h + 1)), (height - h) // 2)
-    left = torch.where(found, torch.floor(pos[:, 1] * (width - w + 1)), (width - w) // 2)
-    return torch.stack([top, left, h, w], dim=1).long()
-
-
-def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: int,
-                 flip: Optional[torch.Tensor] = None, mode: str = "bilinear") -> torch.Tensor:
-    """Crop box ``i`` of ``images[i]`` (top, left, h, w), resize it to ``size`` and mirror it
-    where ``flip[i]``: one ``grid_sample`` for the whole batch (float images in, float out).
-    Sampling points are clamped to the box's pixel centres, as torchvision resizes a crop."""
-    n, _, height, width = images.shape
-    boxes = boxes.to(images.device, images.dtype)
-    top, left, h, w = boxes.unbind(1)
-    sx = w / width
-    if flip is not None:
-        sx = torch.where(flip.to(images.device), -sx, sx)
-    theta = torch.zeros(n, 2, 3, device=images.device, dtype=images.dtype)
-    theta[:, 0, 0] = sx
-    theta[:, 0, 2] = (2 * left + w) / width - 1
-    theta[:, 1, 1] = h / height
-    theta[:, 1, 2] = (2 * top + h) / height - 1
-    grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
-    lo = torch.stack([(2 * left + 1) / width, (2 * top + 1) / height], dim=1) - 1
-    hi = torch.stack([(2 * (left + w) - 1) / width, (2 * (top + h) - 1) / height], dim=1) - 1
-    grid = torch.clamp(grid, lo.view(n, 1, 1, 2), hi.view(n, 1, 1, 2))
-    out = F.grid_sample(images, grid, mode=mode, padding_mode="border", align_corners=False)
-    return out.clamp_(0, 1) if mode == "bicubic" else out
-
-
-# ---------------------------------------------------------------------------- colour ops ------
-
-def _gray(x: torch.Tensor) -> torch.Tensor:
-    r, g, b = x.split(1, dim=1)          # Python-scalar weights: no tensor built from host data
-    return GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b
-
-
-def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate the hue of each image by ``shift`` (fraction of a turn, per sample), as torchvision
-    does through HSV: the hue moves, each pixel's max and min channel stay."""
-    maxc = x.amax(dim=1, keepdim=True)
-    minc = x.amin(dim=1, keepdim=True)
-    delta = maxc - minc
-    safe = delta.clamp_min(1e-12)
-    r, g, b = x.split(1, dim=1)
-    hue = torch.where(maxc == r, (g - b) / safe,
-                      torch.where(maxc == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
-    hue = torch.remainder(hue + 6.0 * shift.view(-1, 1, 1, 1), 6.0)   # in sextants
-    k = torch.remainder(torch.cat([hue + 5.0, hue + 3.0, hue + 1.0], dim=1), 6.0)
-    return maxc - delta * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-
-
-def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor,
-                 active: torch.Tensor, with_hue: bool = True) -> torch.Tensor:
-    """torchvision's ColorJitter per sample: ``factors`` (n, 4) = brightness, contrast and
-    saturation factors and hue shift; ``order`` (n, 4) a permutation of the ops (0..3) per
-    sample; samples with ``active`` False are returned unchanged. ``with_hue=False`` skips the
-    hue op (a zero hue range).
-
-    Brightness, contrast and saturation are each ``lerp(reference, x, factor)`` with reference
-    zero, the mean gray level or the gray image, so one step serves all samples whatever op
-    their order puts there; hue is computed for every sample at every step and kept
-    (``torch.where``) where it is that sample's turn, so that shapes never depend on the data.
-    """
-    n = x.shape[0]
-    order = order.to(x.device)
-    factors = factors.to(x.device, x.dtype)
-    active = active.to(x.device)
-    blend = torch.where(active[:, None], factors[:, :3], torch.ones_like(factors[:, :3]))
-    step_factor = torch.where(order == 3, torch.ones_like(factors),
-                              blend.gather(1, order.clamp(max=2)))       # (n, 4 steps)
-    use_mean = (order == 1).to(x.dtype)
-    use_gray = (order == 2).to(x.dtype)
-    hue_now = (order == 3) & active[:, None]                             # (n, 4 steps)
-    for step in range(4):
-        gray = _gray(x)
-        reference = (use_gray[:, step].view(n, 1, 1, 1) * gray
-                     + use_mean[:, step].view(n, 1, 1, 1) * gray.mean(dim=(2, 3), keepdim=True))
-        x = torch.lerp(reference, x, step_factor[:, step].view(n, 1, 1, 1)).clamp_(0, 1)
-        if with_hue:
-            x = torch.where(hue_now[:, step].view(n, 1, 1, 1), adjust_hue(x, factors[:, 3]), x)
-    return x
-
-
-def grayscale(x: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-    return torch.where(active.view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
-
-
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """Separable Gaussian blur with one sigma per sample (reflect padding, as torchvision).
-    A sigma of 0 gives a delta kernel, i.e. the image unchanged."""
-    n, c, height, width = x.shape
-    half = kernel_size // 2
-    t = torch.arange(-half, half + 1, device=x.device, dtype=x.dtype)
-    sigma = sigma.to(x.device, x.dtype).clamp(min=1e-6).view(-1, 1)
-    weights = torch.exp(-0.5 * (t / sigma) ** 2)
-    weights = (weights / weights.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)
-    padded = F.pad(x, (half, half, half, half), mode="reflect").reshape(1, n * c, height + 2 * half,
-                                                                       width + 2 * half)
-    out = F.conv2d(padded, weights.view(n * c, 1, 1, kernel_size), groups=n * c)
-    out = F.conv2d(out, weights.view(n * c, 1, kernel_size, 1), groups=n * c)
-    return out.view(n, c, height, width)
-
-
-def solarize(x: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-    return torch.where(active.view(-1, 1, 1, 1) & (x >= SOLARIZE_THRESHOLD), 1 - x, x)
-
-
-# ---------------------------------------------------------------------------- pipeline --------
 
 @dataclass
 class BatchParams:
@@ -250,10 +102,10 @@ class GPUViews(nn.Module):
         for g in self.groups:
             n = len(g.view_ids) * batch
             if g.view.crop == "rrc":
-                box_u = _rand((n, 2 * CROP_TRIES + 2), generator, device, torch.float64)
+                box_u = uniform((n, 2 * CROP_TRIES + 2), generator, device, torch.float64)
             else:                                       # label-preserving crops (crops.py)
                 box_u = torch.cat(draw_gaussian_box_randoms(n, generator, device), dim=1)
-            out.append((box_u, _rand((n, 14), generator, device)))
+            out.append((box_u, uniform((n, 14), generator, device)))
         return out
 
     def params_from(self, draws: List[Tuple[torch.Tensor, torch.Tensor]], batch: int,

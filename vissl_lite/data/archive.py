@@ -17,135 +17,30 @@ Storage, chosen for random access from DataLoader workers:
   object, not 50,000, so forked workers share it without copy-on-write churn. For archives
   larger than memory use an uncompressed ``.tar`` or the extracted folder.
 
-The tar headers are parsed here rather than with :mod:`tarfile` because ``tarfile`` builds a
-Python ``TarInfo`` per member (2.2 s for the 60,000 CIFAR-10 members against 0.3 s here). Only
-plain ustar/v7 headers are parsed; anything else (pax or GNU long-name headers, base-256 sizes)
-falls back to ``tarfile``, so every archive ``tarfile`` reads is read correctly.
+The tar headers are read by ``tarscan.py``.
 """
 from __future__ import annotations
 
-import bz2
-import gzip
-import lzma
 import mmap
 import os
-import tarfile
 from itertools import accumulate
 from pathlib import Path
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from torch.utils.data import Dataset
 
-from vissl_lite.errors import DataError
 from vissl_lite.data.image import IMG_EXTENSIONS, decode_rgb, is_image_file
+from vissl_lite.data.tarscan import Member, list_members, read_compressed
+from vissl_lite.errors import DataError
 
 __all__ = ["ImageFolderArchive", "ImageFilesArchive", "is_archive", "ARCHIVE_SUFFIXES"]
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 
-_DECOMPRESSORS: Dict[bytes, Callable] = {
-    b"\x1f\x8b": gzip.decompress,
-    b"BZh": bz2.decompress,
-    b"\xfd7zXZ\x00": lzma.decompress,
-}
-
-_REGULAR, _DIRECTORY = (b"0"[0], 0, b"7"[0]), b"5"[0]
-
-
-class _Member(NamedTuple):
-    name: str
-    offset: int
-    size: int
-    is_dir: bool
-
 
 def is_archive(path: Union[str, os.PathLike]) -> bool:
     return str(path).lower().endswith(ARCHIVE_SUFFIXES)
-
-
-def _octal(field: bytes) -> int:
-    field = field.split(b"\0", 1)[0].strip()
-    return int(field, 8) if field else 0
-
-
-def _scan_ustar(buf) -> Optional[List[_Member]]:
-    """Members of a ustar/v7 tar held in ``buf`` (bytes or mmap); None if it needs ``tarfile``."""
-    members, pos, end = [], 0, len(buf)
-    while pos + 512 <= end:
-        header = buf[pos:pos + 512]
-        if header[0] == 0:  # end-of-archive marker (a zero block)
-            break
-        if header[124] & 0x80 or header[156] not in (*_REGULAR, _DIRECTORY, *b"12346"):
-            return None
-        try:
-            checksum, size = _octal(header[148:156]), _octal(header[124:136])
-        except ValueError:
-            return None
-        if checksum != sum(header) - sum(header[148:156]) + 8 * 32:
-            return None
-        name = header[0:100].split(b"\0", 1)[0]
-        if header[257:262] == b"ustar":
-            prefix = header[345:500].split(b"\0", 1)[0]
-            if prefix:
-                name = prefix + b"/" + name
-        kind = header[156]
-        if kind in _REGULAR or kind == _DIRECTORY:
-            members.append(_Member(name.decode("utf-8", "surrogateescape"), pos + 512, size,
-                                   kind == _DIRECTORY))
-        pos += 512 + (size + 511) // 512 * 512
-    return members
-
-
-def _scan_tarfile(fileobj, path: Path) -> List[_Member]:
-    try:
-        with tarfile.open(fileobj=fileobj, mode="r:") as tar:
-            return [_Member(m.name, m.offset_data, m.size, m.isdir())
-                    for m in tar if (m.isreg() and not m.issparse()) or m.isdir()]
-    except tarfile.TarError as e:
-        raise DataError(f"{path} is not a readable tar archive ({e}); data.root must be an "
-                        f"ImageFolder directory or a .tar/.tar.gz of one") from None
-
-
-def _read_compressed(path: Path) -> Optional[bytes]:
-    """The decompressed tar of a .tar.gz/.bz2/.xz file, or None if ``path`` is a plain tar."""
-    with open(path, "rb") as f:
-        magic = f.read(6)
-    for prefix, decompress in _DECOMPRESSORS.items():
-        if magic.startswith(prefix):
-            try:
-                return decompress(path.read_bytes())
-            except (OSError, EOFError, lzma.LZMAError) as e:
-                raise DataError(f"{path}: cannot decompress the archive ({e}); is it truncated?"
-                                ) from None
-    return None
-
-
-def _list_members(buf, path: Path) -> List[_Member]:
-    members = _scan_ustar(buf)
-    if members is None:
-        members = _scan_tarfile(_BufferFile(buf), path)
-    return members
-
-
-class _BufferFile:
-    """A read-only, seekable file over a bytes/mmap buffer (for the ``tarfile`` fallback)."""
-
-    def __init__(self, buf):
-        self.buf, self.pos = buf, 0
-
-    def read(self, n: int = -1) -> bytes:
-        end = len(self.buf) if n is None or n < 0 else self.pos + n
-        out = self.buf[self.pos:end]
-        self.pos += len(out)
-        return bytes(out)
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        self.pos = pos + (self.pos if whence == 1 else len(self.buf) if whence == 2 else 0)
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
 
 
 def _hidden(name: str) -> bool:
@@ -157,7 +52,7 @@ def _parts(name: str) -> Tuple[str, ...]:
     return tuple(p for p in name.split("/") if p not in ("", "."))
 
 
-def _locate_split(entries: Sequence[Tuple[Tuple[str, ...], _Member]], split: str,
+def _locate_split(entries: Sequence[Tuple[Tuple[str, ...], Member]], split: str,
                   path: Path) -> int:
     """How many leading path components come before ``split`` (0 or 1), or a DataError."""
     tops = sorted({parts[0] for parts, _ in entries})
@@ -190,9 +85,9 @@ class _ArchiveImages(Dataset):
         if not self.path.is_file():
             raise DataError(f"archive not found: {self.path}; data.root must point to an "
                             f"image folder or a .tar/.tar.gz archive of one")
-        decompressed = _read_compressed(self.path)
+        decompressed = read_compressed(self.path)
         buf = decompressed if decompressed is not None else self._map()
-        members = _list_members(buf, self.path)
+        members = list_members(buf, self.path)
         self.samples, located = self._select(members)
         self.targets = [label for _, label in self.samples]
         self._sizes = np.array([m.size for m in located], dtype=np.int64)
@@ -206,7 +101,7 @@ class _ArchiveImages(Dataset):
         self._compressed = decompressed is not None
         self._mmap: Optional[mmap.mmap] = None
 
-    def _select(self, members: List[_Member]):
+    def _select(self, members: List[Member]):
         raise NotImplementedError
 
     def _map(self) -> mmap.mmap:
@@ -247,7 +142,7 @@ class ImageFilesArchive(_ArchiveImages):
         self.classes = []
         super().__init__(path, transform)
 
-    def _select(self, members: List[_Member]):
+    def _select(self, members: List[Member]):
         files = sorted((m.name, m) for m in members
                        if not m.is_dir and is_image_file(m.name) and not _hidden(m.name))
         if not files:
@@ -272,11 +167,11 @@ class ImageFolderArchive(_ArchiveImages):
         super().__init__(path, transform)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
-    def _select(self, members: List[_Member]):
+    def _select(self, members: List[Member]):
         self.classes, samples, located = self._index(members)
         return samples, located
 
-    def _index(self, members: List[_Member]):
+    def _index(self, members: List[Member]):
         entries = [(p, m) for m in members if (p := _parts(m.name))]
         if not entries:
             raise DataError(f"{self.path}: the archive is empty; data.root must point to an "

@@ -23,37 +23,33 @@ Downloads: with ``data.root`` unset, CIFAR-10/100 and STL-10 live in ``$VISSL_LI
 ``data.name=cifar10`` (or ``cifar100``) with a root that is an ImageFolder tree or a tar of one (the CIFAR JPEGs) reads
 it as ``imagefolder``: same classes in the same order.
 
-Corrupt files: ``data.on_corrupt=error`` (default) stops at the first unreadable image with its
-path; ``skip`` warns once per file, trains on the next readable image instead and counts them
-(``skipped_count``; the in-memory path drops them and logs the count).
+Corrupt files: ``data.on_corrupt`` (``corrupt.py``). The data sets themselves: ``folders.py``
+(files on disk), ``archive.py`` (a tar archive), ``shards.py`` (``vissl-lite shard`` output);
+``subsets.py``: ``data.subset``.
 """
 from __future__ import annotations
 
-import logging
-import multiprocessing
 import os
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional
 
-import numpy as np
 import torchvision
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from vissl_lite.data.archive import ImageFilesArchive, ImageFolderArchive, is_archive
 from vissl_lite.data.config import DataConfig
+from vissl_lite.data.corrupt import ON_CORRUPT, SkipCorrupt
+from vissl_lite.data.folders import ImageFiles, ImageFolder
+from vissl_lite.data.shards import ShardDataset
+from vissl_lite.data.subsets import ClassSubset, subset_indices, targets_of
 from vissl_lite.errors import DataError
-from vissl_lite.data.image import IMG_EXTENSIONS, is_image_file, load_rgb
 from vissl_lite.registry import DATASETS
 
-__all__ = ["build_dataset", "ImageFolder", "ImageFiles", "ClassSubset", "SkipCorrupt",
-           "subset_indices", "as_data_config", "split_name", "targets_of", "describe_sample",
-           "describe_dataset", "default_data_dir", "has_labels", "skipped_count", "DATA_ENV"]
-
-log = logging.getLogger(__name__)
+__all__ = ["build_dataset", "as_data_config", "split_name", "describe_dataset",
+           "default_data_dir", "has_labels", "DATA_ENV"]
 
 DATA_ENV = "VISSL_LITE_DATA"
-ON_CORRUPT = ("error", "skip")
 
 
 def as_data_config(data_cfg: Any) -> DataConfig:
@@ -112,25 +108,6 @@ def _is_imagefolder_source(cfg: DataConfig, split: str) -> bool:
     return (root.is_file() and is_archive(root)) or (root / split).is_dir()
 
 
-class ImageFolder(torchvision.datasets.ImageFolder):
-    """torchvision's ImageFolder over one split folder, whose reads fail with a :class:`DataError`
-    naming the file, and whose layout errors say what the folder should contain."""
-
-    def __init__(self, root, transform: Optional[Callable] = None):
-        root = Path(root)
-        try:
-            super().__init__(str(root), transform=transform, loader=load_rgb)
-        except FileNotFoundError as e:
-            if "class folder" in str(e):
-                raise DataError(f"{root}: no class folders; an ImageFolder split must look like "
-                                f"{root}/<class>/<image>") from None
-            raise DataError(f"{root}: {e} (image extensions: "
-                            f"{', '.join(IMG_EXTENSIONS)})") from None
-
-    def describe(self, index: int) -> str:
-        return self.samples[index][0]
-
-
 @DATASETS.register("imagefolder")
 def build_imagefolder(cfg: DataConfig, split: str, transform=None) -> Dataset:
     """ImageFolder tree <root>/<split>/<class>/<image>, from a folder or a .tar/.tar.gz archive."""
@@ -146,38 +123,6 @@ def build_imagefolder(cfg: DataConfig, split: str, transform=None) -> Dataset:
                         f"folder names used there, or use data.name=folder for unlabelled images "
                         f"in any layout")
     return ImageFolder(split_dir, transform)
-
-
-class ImageFiles(Dataset):
-    """Every image file under ``root`` (any nesting, any extension case, dot-files skipped),
-    sorted by path, unlabelled: ``dataset[i] -> (PIL RGB image or transform(image), -1)``."""
-
-    def __init__(self, root, transform: Optional[Callable] = None):
-        self.root, self.transform = Path(root), transform
-        files: List[str] = []
-        for folder, dirs, names in os.walk(self.root, followlinks=True):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            files += [os.path.join(folder, n) for n in names
-                      if is_image_file(n) and not n.startswith(".")]
-        if not files:
-            raise DataError(f"{self.root}: no images found in it or its sub-folders (image "
-                            f"extensions: {', '.join(IMG_EXTENSIONS)}, any case)")
-        files.sort()
-        self.samples = [(f, -1) for f in files]
-        self.targets = [-1] * len(files)
-        self.classes: List[str] = []
-
-    def describe(self, index: int) -> str:
-        return self.samples[index][0]
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int):
-        image = load_rgb(self.samples[index][0])
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, -1
 
 
 @DATASETS.register("folder", help="unlabelled images in any nesting under data.root (a folder "
@@ -229,8 +174,6 @@ def _torchvision(cls, title: str, folder: str, cfg: DataConfig, transform, **spl
 @DATASETS.register("shards", help="tar shards written by `vissl-lite shard` (data.root: their "
                                   "folder); streamed sequentially when training")
 def build_shards(cfg: DataConfig, split: str, transform=None) -> Dataset:
-    from vissl_lite.data.shards import ShardDataset
-
     if split != cfg.train_split:
         raise DataError(f"data.name=shards has one split (the shards), not '{split}'; evaluate "
                         f"on the data set the shards were written from")
@@ -275,103 +218,6 @@ def build_stl10(cfg: DataConfig, split: str, transform=None) -> Dataset:
                         f"data.train_split / data.test_split")
     return _torchvision(torchvision.datasets.STL10, "STL-10", "stl10_binary", cfg, transform,
                         split=split)
-
-
-def targets_of(dataset: Dataset) -> np.ndarray:
-    """The integer label of every sample, without decoding any image."""
-    for attr in ("targets", "labels"):
-        if hasattr(dataset, attr):
-            return np.asarray(getattr(dataset, attr), dtype=np.int64)
-    raise DataError(f"{type(dataset).__name__} exposes no labels (.targets)")
-
-
-def describe_sample(dataset: Dataset, index: int) -> str:
-    """A human-readable name of sample ``index`` (its file path where it has one)."""
-    if isinstance(dataset, Subset):
-        return describe_sample(dataset.dataset, int(dataset.indices[index]))
-    if hasattr(dataset, "describe"):
-        return dataset.describe(index)
-    return f"{type(dataset).__name__} sample {index}"
-
-
-def subset_indices(labels: Sequence[int], n: int, seed: int = 0) -> np.ndarray:
-    """``n`` indices, class-balanced (class counts differ by at most one while every class has
-    samples left), drawn at random with ``seed``, returned in increasing order."""
-    labels = np.asarray(labels)
-    if n <= 0:
-        raise DataError(f"data.subset must be a positive number of samples, got {n}")
-    if n >= len(labels):
-        return np.arange(len(labels))
-    order = np.random.default_rng(seed).permutation(len(labels))
-    shuffled = labels[order]
-    rank_in_class = np.empty(len(labels), dtype=np.int64)
-    for c in np.unique(shuffled):
-        at = np.flatnonzero(shuffled == c)
-        rank_in_class[at] = np.arange(len(at))
-    keep = np.lexsort((np.arange(len(labels)), rank_in_class))[:n]
-    return np.sort(order[keep])
-
-
-class ClassSubset(Subset):
-    """A ``Subset`` that keeps ``.classes`` and ``.targets`` of the data set it selects from."""
-
-    def __init__(self, dataset: Dataset, indices: Sequence[int]):
-        super().__init__(dataset, [int(i) for i in indices])
-        self.classes: List[str] = list(getattr(dataset, "classes", []))
-        self.targets = targets_of(dataset)[self.indices].tolist()
-
-    def describe(self, index: int) -> str:
-        return describe_sample(self.dataset, self.indices[index])
-
-
-class SkipCorrupt(Dataset):
-    """``data.on_corrupt=skip``: a sample that cannot be read is replaced by the next readable one
-    (in index order, so the substitute is the same on every run); each skipped file is logged once
-    per process and counted across DataLoader worker processes (``skipped_count``)."""
-
-    MAX_IN_A_ROW = 100
-
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-        self.classes = list(getattr(dataset, "classes", []))
-        # one flag per sample in shared memory: a file is logged and counted once, whichever
-        # DataLoader worker process reads it, in whatever epoch
-        self._flags = multiprocessing.RawArray("b", len(dataset))
-
-    @property
-    def targets(self) -> List[int]:
-        return targets_of(self.dataset).tolist()
-
-    def describe(self, index: int) -> str:
-        return describe_sample(self.dataset, index)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        for k in range(min(self.MAX_IN_A_ROW, len(self))):
-            i = (index + k) % len(self)
-            try:
-                return self.dataset[i]
-            except DataError as e:
-                if not self._flags[i]:
-                    self._flags[i] = 1
-                    log.warning(f"skipped: {e} (data.on_corrupt=skip)")
-        raise DataError(f"{self.MAX_IN_A_ROW} unreadable images in a row from "
-                        f"{describe_sample(self.dataset, index)} on; is data.root the right data?")
-
-    @property
-    def skipped(self) -> int:
-        return int(np.frombuffer(self._flags, dtype=np.int8).sum())
-
-
-def skipped_count(dataset: Any) -> int:
-    """How many distinct unreadable files ``data.on_corrupt=skip`` skipped so far (0 otherwise)."""
-    while dataset is not None:
-        if isinstance(dataset, SkipCorrupt):
-            return dataset.skipped
-        dataset = getattr(dataset, "dataset", None)
-    return 0
 
 
 def has_labels(data_cfg: Any) -> bool:

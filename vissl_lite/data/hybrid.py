@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from vissl_lite.data.loader import _GPU_AUGMENT, ResumableSampler, derive_seed, raise_carried
+from vissl_lite.data.workers import (_GPU_AUGMENT, ResumableSampler, carried, carry, derive_seed,
+                                     raise_carried)
 from vissl_lite.errors import ConfigError, DataError, VisslLiteError
 
 __all__ = ["HybridLoader", "decode_batch", "EncodedBytes"]
@@ -70,15 +71,15 @@ class EncodedBytes(Dataset):
                     raise DataError(f"corrupt or unreadable image: {path} ({e.strerror or e})"
                                     ) from None
         except VisslLiteError as e:
-            return {"error": (type(e).__name__, str(e))}
+            return carry(e)
         return {"bytes": torch.frombuffer(bytearray(data), dtype=torch.uint8),
                 "labels": int(label), "index": int(index)}
 
 
 def _collate(items: List[Dict[str, Any]]):
-    for item in items:
-        if "error" in item:  # a user error from a worker: raised in the main process
-            return item
+    error = carried(items)  # a user error from a worker: raised in the main process
+    if error is not None:
+        return error
     return {"bytes": [it["bytes"] for it in items],
             "labels": torch.tensor([it["labels"] for it in items]),
             "index": torch.tensor([it["index"] for it in items])}

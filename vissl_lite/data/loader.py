@@ -14,37 +14,27 @@ came before. ``set_epoch(epoch, start_batch)`` skips the batches a checkpoint al
 without loading them, so a run resumed mid-epoch sees exactly the batches and views it would have
 seen, and the result does not depend on ``num_workers``.
 
-User errors (``VisslLiteError``, e.g. a corrupt JPEG) raised in a DataLoader worker come back as
-the same error with its one-line message, not as torch's "Caught DataError in DataLoader worker
-process 0" with the worker's traceback pasted in: the worker returns the error as a sample, the
-collate function passes it through, and the main process raises it.
+User errors raised in DataLoader workers come back as one line (``workers.py``).
 """
 from __future__ import annotations
 
-import random
-import signal
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
 import torch
-from torch.utils.data import (DataLoader, Dataset, DistributedSampler, default_collate,
-                              get_worker_info)
+from torch.utils.data import DataLoader, Dataset
 
 from vissl_lite.augment import build_cpu_views, build_gpu_views
 from vissl_lite.config import data_image_size
-from vissl_lite.data import UInt8TensorDataset, build_dataset, load_uint8
-from vissl_lite.rng import derive_seed
-from vissl_lite import errors
+from vissl_lite.data.corrupt import skipped_count
+from vissl_lite.data.datasets import build_dataset, describe_dataset
+from vissl_lite.data.hybrid import HybridLoader
+from vissl_lite.data.memory import UInt8TensorDataset, load_uint8
+from vissl_lite.data.shards import ShardLoader
+from vissl_lite.data.workers import (_GPU_AUGMENT, _PERMUTATION, ResumableSampler, carry,
+                                     collate_or_error, derive_seed,
+                                     leave_stop_signals_to_the_trainer, raise_carried,
+                                     seeded_sample)
 from vissl_lite.errors import ConfigError, VisslLiteError
-
-
-_PERMUTATION, _AUGMENT, _GPU_AUGMENT = 1, 2, 3
-
-
-def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
-    """SIGTERM/SIGUSR1 sent to the whole process group (``timeout``, SLURM, ``scancel``) must not
-    kill the workers before the main process has written its checkpoint; it shuts them down."""
-    for signum in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(signum, signal.SIG_IGN)
 
 
 class _SeededViews(Dataset):
@@ -65,74 +55,8 @@ class _SeededViews(Dataset):
         try:
             image, label = self.dataset[index]
         except VisslLiteError as e:
-            return {"error": (type(e).__name__, str(e))}
+            return carry(e)
         return seeded_sample(self.transform, image, seed, label, index)
-
-
-def seeded_sample(transform: Callable, image, seed: int, label: int, index: int) -> Dict[str, Any]:
-    """``{"views", "labels", "index"}`` of one sample, ``transform`` run with the torch and python
-    RNGs seeded by ``seed``; the caller's RNG state is restored afterwards."""
-    torch_state, py_state = torch.get_rng_state(), random.getstate()
-    torch.manual_seed(seed)
-    random.seed(seed)
-    # one image's ops are too small for torch's intra-op thread pool: in the main process
-    # (num_workers=0) its threads cost more than they give (measured: 0.72 s against 0.04 s per
-    # SimCLR image at 224 px on a busy 2-core machine). DataLoader workers run 1 thread already.
-    threads = torch.get_num_threads() if get_worker_info() is None else 1
-    if threads > 1:
-        torch.set_num_threads(1)
-    try:
-        views = transform(image)
-    finally:
-        if threads > 1:
-            torch.set_num_threads(threads)
-        torch.set_rng_state(torch_state)
-        random.setstate(py_state)
-    if isinstance(views, torch.Tensor):
-        views = [views]
-    return {"views": list(views), "labels": int(label), "index": int(index)}
-
-
-def collate_or_error(items):
-    """``default_collate``, except that a user error returned by a worker passes through."""
-    for item in items:
-        if isinstance(item, dict) and "error" in item:
-            return item
-    return default_collate(items)
-
-
-def raise_carried(batch: Dict[str, Any]) -> Dict[str, Any]:
-    """Raise the user error a worker returned (same class, its one-line message), else the batch."""
-    if "error" in batch:
-        name, message = batch["error"]
-        cls = getattr(errors, name, None)
-        if not (isinstance(cls, type) and issubclass(cls, VisslLiteError)):
-            cls = errors.DataError
-        raise cls(message)
-    return batch
-
-
-class ResumableSampler(DistributedSampler):
-    """``DistributedSampler`` (shuffle, drop_last, seed + epoch) that can start mid-epoch and that
-    yields ``(index, augmentation seed)`` pairs, the seed drawn per sample index for the epoch."""
-
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed,
-                         drop_last=True)
-        self.start = 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        super().set_epoch(epoch)
-        self.start = start
-
-    def __iter__(self) -> Iterator:
-        indices = list(super().__iter__())[self.start:]
-        g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, _AUGMENT))
-        seeds = torch.randint(0, 2 ** 62, (len(self.dataset),), generator=g).tolist()
-        return iter([(i, seeds[i]) for i in indices])
-
-    def __len__(self) -> int:
-        return self.num_samples - self.start
 
 
 class CPULoader:
@@ -152,7 +76,7 @@ class CPULoader:
             num_workers=num_workers, pin_memory=pin_memory, drop_last=True,
             collate_fn=collate_or_error,
             persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed),
-            worker_init_fn=_leave_stop_signals_to_the_trainer,
+            worker_init_fn=leave_stop_signals_to_the_trainer,
             prefetch_factor=4 if num_workers > 0 else None)
 
     def __len__(self) -> int:
@@ -170,7 +94,6 @@ class CPULoader:
 
     def skipped(self) -> int:
         """Unreadable files skipped so far (``data.on_corrupt=skip``), across worker processes."""
-        from vissl_lite.data.datasets import skipped_count
         return skipped_count(self.dataset)
 
 
@@ -231,9 +154,6 @@ def build_train_loader(cfg, views_spec, rank: int, world_size: int, device: torc
     path = str(cfg.augment.path).lower()
 
     if path == "gpu" and cfg.data.gpu_decode and not hasattr(dataset, "images"):
-        from vissl_lite.augment import build_gpu_views
-        from vissl_lite.data import build_dataset
-        from vissl_lite.data.hybrid import HybridLoader
         return HybridLoader(dataset if dataset is not None else build_dataset(cfg.data, "train"),
                             transform or build_gpu_views(views_spec, cfg.augment, image_size),
                             batch_size, image_size, rank, world_size, cfg.seed,
@@ -251,8 +171,6 @@ def build_train_loader(cfg, views_spec, rank: int, world_size: int, device: torc
         raise ConfigError(f"augment.path must be 'cpu' or 'gpu', got '{cfg.augment.path}'")
 
     if dataset is None and cfg.data.name == "shards" and not cfg.data.in_memory:
-        from vissl_lite.augment import build_cpu_views
-        from vissl_lite.data.shards import ShardLoader
         return ShardLoader(cfg.data.root, transform or build_cpu_views(views_spec, cfg.augment,
                                                                        image_size),
                            batch_size, rank, world_size, cfg.seed, cfg.data.num_workers,
@@ -272,8 +190,6 @@ def build_train_loader(cfg, views_spec, rank: int, world_size: int, device: torc
 def describe_train_data(cfg, loader) -> str:
     """One line for the start of a run: the data set, where it is read from, its image count and
     the augmentation path (the trainer logs it beside device, precision and output folder)."""
-    from vissl_lite.data.datasets import describe_dataset
-
     dataset = getattr(loader, "dataset", None)  # DeviceLoader: the uint8 images
     count = len(dataset) if dataset is not None else len(getattr(loader, "images", ()))
     return (f"{describe_dataset(cfg.data, dataset, count=count)}, "
@@ -299,4 +215,5 @@ def move_batch(batch: Dict[str, Any], device: torch.device,
 
 
 __all__: Sequence[str] = ("build_train_loader", "CPULoader", "DeviceLoader", "ResumableSampler",
-                          "derive_seed", "move_batch", "describe_train_data", "raise_carried")
+                          "derive_seed", "move_batch", "describe_train_data", "raise_carried",
+                          "seeded_sample", "collate_or_error")

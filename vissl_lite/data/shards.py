@@ -32,13 +32,10 @@ Reading (``ShardLoader``, one per rank, ``len()`` = batches per epoch per rank):
 """
 from __future__ import annotations
 
-import io
 import json
 import mmap
 import os
 import random
-import tarfile
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Sequence
 
@@ -46,78 +43,16 @@ import torch
 from torch.utils.data import (DataLoader, Dataset, IterableDataset, default_collate,
                               get_worker_info)
 
-from vissl_lite.data.archive import _scan_ustar
 from vissl_lite.data.image import decode_rgb
-from vissl_lite.data.loader import derive_seed, raise_carried, seeded_sample
+from vissl_lite.data.shard_writer import INDEX, write_shards
+from vissl_lite.data.tarscan import scan_ustar
+from vissl_lite.data.workers import carry, derive_seed, raise_carried, seeded_sample
 from vissl_lite.errors import ConfigError, DataError, VisslLiteError
 
 __all__ = ["write_shards", "ShardLoader", "ShardIndex", "ShardDataset", "INDEX"]
 
-INDEX = "index.json"
 _SHARD_STREAM, _SHARD_VIEWS = 11, 12
 
-
-# --- writing -------------------------------------------------------------------------------------
-
-def _encoded(dataset: Dataset, index: int):
-    """(encoded bytes, extension, label) of sample ``index`` without decoding when possible."""
-    base, i = dataset, index
-    while hasattr(base, "dataset"):                      # subsets and wrappers
-        i, base = (int(base.indices[i]) if hasattr(base, "indices") else i), base.dataset
-    if hasattr(base, "read_bytes"):                      # tar archives
-        name = base.samples[i][0]
-        return bytes(base.read_bytes(i)), name.rsplit(".", 1)[-1].lower(), int(base.targets[i])
-    samples = getattr(base, "samples", None)
-    if samples is not None and isinstance(samples[i][0], str) and os.path.isfile(samples[i][0]):
-        path = samples[i][0]                             # image files
-        with open(path, "rb") as f:
-            return f.read(), path.rsplit(".", 1)[-1].lower(), int(samples[i][1])
-    image, label = base[i]                               # torchvision arrays: re-encode, lossless
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue(), "png", int(label)
-
-
-def write_shards(dataset: Dataset, out: str | os.PathLike, shard_size: int,
-                 progress: bool = True) -> Path:
-    """Write ``dataset`` (items ``(PIL image, label)``) as tar shards of ``shard_size`` samples
-    into ``out`` with an ``index.json``; returns the index path."""
-    if shard_size < 1:
-        raise DataError(f"--shard-size must be a positive number of samples, got {shard_size}")
-    out = Path(out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    if any(out.glob("*.tar")):
-        raise DataError(f"{out} already holds .tar shards; write into an empty folder")
-    n = len(dataset)
-    digits = max(6, len(str(n - 1)))
-    shards: List[Dict[str, Any]] = []
-    from tqdm.auto import tqdm
-    with tqdm(total=n, unit="img", desc=f"sharding into {out}", disable=not progress or None,
-              dynamic_ncols=True) as bar:
-        for s, start in enumerate(range(0, n, shard_size)):
-            name = f"{s:06d}.tar"
-            tmp = out / f".{name}.tmp"
-            count = min(shard_size, n - start)
-            with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-                for i in range(start, start + count):
-                    data, ext, label = _encoded(dataset, i)
-                    key = f"{i:0{digits}d}"
-                    for member, payload in ((f"{key}.{ext}", data), (f"{key}.cls",
-                                                                     str(label).encode())):
-                        info = tarfile.TarInfo(member)
-                        info.size, info.mtime, info.mode = len(payload), 0, 0o644
-                        tar.addfile(info, io.BytesIO(payload))
-                    bar.update(1)
-            os.replace(tmp, out / name)
-            shards.append({"file": name, "count": count})
-    index = {"version": 1, "total": n, "shards": shards,
-             "classes": list(getattr(dataset, "classes", []) or [])}
-    path = out / INDEX
-    path.write_text(json.dumps(index, indent=1) + "\n")
-    return path
-
-
-# --- reading -------------------------------------------------------------------------------------
 
 class _Ref(NamedTuple):
     shard: int
@@ -158,7 +93,7 @@ class ShardIndex:
     def refs(self, shard: int) -> List[_Ref]:
         """The samples of one shard in file order (reads its tar headers only)."""
         buf = self._map(shard)
-        members = _scan_ustar(buf)
+        members = scan_ustar(buf)
         if members is None:
             raise DataError(f"{self.files[shard]} is not a plain ustar tar written by "
                             f"`vissl-lite shard`")
@@ -255,7 +190,7 @@ class _ShardEpoch(IterableDataset):
                 try:
                     yield default_collate([self._views(r) for r in batch])
                 except VisslLiteError as e:  # carried to the main process as one line
-                    yield {"error": (type(e).__name__, str(e))}
+                    yield carry(e)
                     return
             done, batch = done + 1, []
             if done == self.batches:
@@ -309,17 +244,3 @@ class ShardLoader:
                             prefetch_factor=4 if self.num_workers > 0 else None)
         return map(raise_carried, loader)
 
-
-def shard_cli(data: str, out: str, shard_size: int, name: str = "imagefolder",
-              split: str = "train") -> Path:
-    """``vissl-lite shard``: the data set ``name`` at ``data`` -> shards in ``out``."""
-    from vissl_lite.data.datasets import build_dataset
-
-    started = time.perf_counter()
-    dataset = build_dataset({"name": name, "root": data}, split)
-    path = write_shards(dataset, out, shard_size)
-    print(f"wrote {len(dataset):,} images of {data} ({name}, split '{split}') as "
-          f"{-(-len(dataset) // shard_size)} shards into {out} in "
-          f"{time.perf_counter() - started:.1f} s; train on them with data.name=shards "
-          f"data.root={out}")
-    return path
