@@ -59,8 +59,7 @@ class TinyMethod(Method):
     views = ViewSpec("simclr", 2, 0)
 
     def __init__(self):
-        super().__init__()
-        self.backbone = TinyNet()
+        super().__init__(TinyNet())
         self.projector = nn.Sequential(nn.Linear(16, 16), nn.BatchNorm1d(16), nn.ReLU(),
                                        nn.Linear(16, 8))
 

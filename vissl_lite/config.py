@@ -237,10 +237,10 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[st
 
 
 def _allowed(value: Any, allowed: Sequence[Any]) -> bool:
-    """``value`` is one of ``allowed`` (the type ``int`` admits any non-negative integer;
-    booleans only match booleans)."""
+    """``value`` is one of ``allowed`` (the type ``int`` admits any integer, whose range
+    ``MINIMUMS`` checks; booleans only match booleans)."""
     for a in allowed:
-        if a is int and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        if a is int and isinstance(value, int) and not isinstance(value, bool):
             return True
         if isinstance(a, bool) and isinstance(value, bool) and a == value:
             return True

@@ -87,7 +87,9 @@ def decode_split(dataset: Dataset, cfg: DataConfig) -> Split:
     """The images, labels and class names of ``dataset``, decoded (``data.on_corrupt`` applied)."""
     n = len(dataset)
     chunks = _Chunks(dataset, cfg.image_size, skip_corrupt=cfg.on_corrupt == "skip")
-    workers = min(max(cfg.num_workers, 0), os.cpu_count() or 1, len(chunks) - 1)
+    # num_workers=auto (not resolved outside a training run): one process per core
+    asked = cfg.num_workers if isinstance(cfg.num_workers, int) else os.cpu_count() or 1
+    workers = min(max(asked, 0), os.cpu_count() or 1, len(chunks) - 1)
     started = time.perf_counter()
     images: Optional[torch.Tensor] = None
     first = 0

@@ -73,4 +73,4 @@ class BarlowTwins(Method):
         h_a = self.backbone(view_a)                       # separate passes: per-view BN, as the paper
         z_a, z_b = self.projector(h_a), self.projector(self.backbone(view_b))
         loss = self.cfg.scale_loss * barlow_twins_loss(z_a, z_b, self.cfg.lambda_offdiag, self.cfg.bn_eps)
-        return StepOutput(loss, {})
+        return StepOutput(loss, {}, embedding=h_a.detach())

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict
+from typing import Any, ClassVar, Dict, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -35,10 +35,20 @@ from vissl_lite.errors import ConfigError
 
 @dataclass
 class StepOutput:
-    """A training step's scalar loss and the numbers to log (0-d tensors or Python floats)."""
+    """A training step's scalar loss, the numbers to log (0-d tensors or Python floats) and,
+    optionally, the detached (B, D) encoder features of the first global view: the online linear
+    head (``monitor.online_linear``) trains on them at no extra forward pass."""
 
     loss: torch.Tensor
     metrics: Dict[str, Any] = field(default_factory=dict)
+    embedding: Optional[torch.Tensor] = None
+
+
+@dataclass
+class MethodConfig:
+    """The config of a method that has no hyper-parameters of its own."""
+
+    name: str = ""
 
 
 def method_config(config_cls: type, cfg: Any = None) -> Any:
@@ -79,7 +89,7 @@ class Method(nn.Module):
     ``super().__init__(backbone, cfg)`` first.
     """
 
-    Config: ClassVar[type]
+    Config: ClassVar[type] = MethodConfig
     views: ViewSpec = ViewSpec()
 
     #: minimum global batch the loss is defined for (checked by the trainer before it starts)

@@ -170,7 +170,8 @@ class DINO(Method):
             probs = F.softmax((teacher_out.float() - self.center) / temp, dim=-1)
             entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean()
         update_center(self.center, teacher_out, c.center_momentum)
-        return StepOutput(loss, {"teacher_temp": temp.clone(), "teacher_entropy": entropy})
+        return StepOutput(loss, {"teacher_temp": temp.clone(), "teacher_entropy": entropy},
+                          embedding=teacher_features[: crops[0].shape[0]])
 
     def on_before_optimizer_step(self, step: int) -> None:
         if self._epoch(step) < self.cfg.freeze_last_layer:

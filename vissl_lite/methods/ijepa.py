@@ -170,7 +170,8 @@ class IJEPA(Method):
         preds, targets, z = self.predict(images, context_idx, target_idx)
         loss = self.prediction_loss(preds, targets)
         return StepOutput(loss=loss, metrics={"pred_loss": loss.detach(),
-                                              "ema_momentum": self.ema_momentum.clone()})
+                                              "ema_momentum": self.ema_momentum.clone()},
+                          embedding=z.detach().mean(dim=1))
 
     def momentum_at(self, step: int, total_steps: int) -> float:
         schedule = SCHEDULES[self.cfg.momentum_schedule]

@@ -164,4 +164,5 @@ class MAE(Method):
         images = batch["views"][0]
         latent, pred, _, mask_idx = self._encode_decode(images, None)
         loss = self.reconstruction_loss(pred, images, mask_idx)
-        return StepOutput(loss=loss, metrics={"recon_loss": loss.detach()})
+        return StepOutput(loss=loss, metrics={"recon_loss": loss.detach()},
+                          embedding=latent.detach().mean(dim=1))

@@ -84,4 +84,4 @@ class SimCLR(Method):
         loss = nt_xent_loss(z_a, z_b, self.cfg.temperature)
         with torch.no_grad():
             pos_sim = F.cosine_similarity(z_a.float(), z_b.float(), dim=1).mean()
-        return StepOutput(loss, {"pos_sim": pos_sim})
+        return StepOutput(loss, {"pos_sim": pos_sim}, embedding=h[: view_a.shape[0]].detach())
