@@ -18,7 +18,8 @@ from vissl_lite.methods.cnnjepa import CNNJEPA, index_mask, resnet_stride, spars
 
 def tiny(**cfg) -> CNNJEPA:
     backbone = ResNet(BasicBlock, (1, 1, 1, 1), cifar_stem=True, name="resnet10_test")
-    return CNNJEPA(backbone, {"predictor_depth": 1, "num_targets": 2, "min_keep": 2, **cfg})
+    return CNNJEPA(backbone, {"predictor_depth": 1, "num_targets": 2, "min_keep": 2, "input_size": 32,
+                              **cfg})
 
 
 def test_stride_of_the_resnets():
@@ -126,5 +127,8 @@ def test_presets_validate_and_build(preset, grid, tmp_path):
 
 
 def test_steps_on_real_cifar10_lower_the_loss(cifar_root):
+    """Ten AdamW steps: the smooth-L1 prediction loss falls (0.44 -> 0.39 seen), every step
+    after the first below the first."""
     losses = real_cifar_losses(tiny(), load_cifar_images(cifar_root, 64), steps=10, batch=24, lr=2e-3)
-    assert sum(losses[-3:]) < 0.92 * sum(losses[:3]), losses
+    assert sum(losses[-3:]) < 0.95 * sum(losses[:3]), losses
+    assert max(losses[1:]) < losses[0], losses

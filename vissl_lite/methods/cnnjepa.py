@@ -1,6 +1,6 @@
 """CNN-JEPA: I-JEPA for convolutional encoders (Kalapos & Gyires-Toth 2024, arXiv:2408.07514).
 
-The masks are I-JEPA's multi-block masks (``augment.masks.block_masks``: one context block and
+The masks are I-JEPA's multi-block masks (``augment.masks.BlockMaskSampler``: one context block and
 ``num_targets`` target blocks, disjoint) on the encoder's *output* grid (gh, gw) = (H, W) / stride
 (7x7 for a ResNet-50 at 224 px, 4x4 for a CIFAR-stem ResNet at 32 px), upsampled to the input:
 
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vissl_lite.augment.masks import block_masks
+from vissl_lite.augment.masks import BlockMaskSampler
 from vissl_lite.augment.spec import ViewSpec
 from vissl_lite.methods.ema import ema_update
 from vissl_lite.schedules import linear_schedule
@@ -117,11 +117,12 @@ class CNNJEPA(Method):
         min_keep: int = 4                 # fewest context cells a sample may keep
         momentum_start: float = 0.996
         momentum_end: float = 1.0
+        input_size: int = 224             # side of the views: fixes the mask grid for the run
 
     views = ViewSpec("ijepa", 1, 0)
     supported_backbones = ("resnet",)
     min_batch_size = 2
-    tiny_config = {"predictor_depth": 1, "num_targets": 2, "min_keep": 1}
+    tiny_config = {"predictor_depth": 1, "num_targets": 2, "min_keep": 1, "input_size": 32}
     #: the masks live on the encoder's output grid: tests/_helpers.tiny_backbone gives this method
     #: a CIFAR-stem ResNet (stride 8, a 4x4 grid at 32 px) instead of a 1x1 grid
     tiny_backbone_options = {"cifar_stem": True}
@@ -143,21 +144,29 @@ class CNNJEPA(Method):
                                        c.predictor_hidden or None)
         self.target_encoder = copy.deepcopy(backbone).requires_grad_(False)
         self.momentum = float(c.momentum_start)
+        # built once (it sizes its fixed mask counts by sampling on the host), never in a step
+        self.mask_sampler = BlockMaskSampler(
+            self.grid_of(c.input_size, c.input_size, "method.input_size"), num_targets=c.num_targets,
+            target_scale=tuple(c.target_scale), target_aspect=tuple(c.target_aspect),
+            context_scale=tuple(c.context_scale), min_keep=c.min_keep)
 
-    def grid(self, images: torch.Tensor) -> Tuple[int, int]:
-        h, w = images.shape[-2:]
+    def grid_of(self, h: int, w: int, what: str = "the input") -> Tuple[int, int]:
         if h % self.stride or w % self.stride or min(h, w) // self.stride < 2:
-            raise ConfigError(f"CNN-JEPA masks the encoder's output grid: the {h}x{w} input must "
+            raise ConfigError(f"CNN-JEPA masks the encoder's output grid: {what} ({h}x{w}) must "
                               f"be a multiple of the encoder's stride {self.stride} with at least "
                               f"2x2 cells (use backbone.cifar_stem=true for 32 px images)")
         return h // self.stride, w // self.stride
 
+    def grid(self, images: torch.Tensor) -> Tuple[int, int]:
+        return self.grid_of(*images.shape[-2:])
+
     def sample_masks(self, images: torch.Tensor, generator: Optional[torch.Generator] = None):
-        c = self.cfg
-        return block_masks(images.shape[0], self.grid(images), num_targets=c.num_targets,
-                           target_scale=tuple(c.target_scale), target_aspect=tuple(c.target_aspect),
-                           context_scale=tuple(c.context_scale), min_keep=c.min_keep,
-                           device=images.device, generator=generator)
+        grid = self.grid(images)
+        if grid != self.mask_sampler.grid:
+            raise ConfigError(f"CNN-JEPA got {images.shape[-1]} px views but its masks were sized "
+                              f"for method.input_size={self.cfg.input_size}; set method.input_size "
+                              f"to the global view size")
+        return self.mask_sampler(images.shape[0], images.device, generator)
 
     @torch.no_grad()
     def target_features(self, images: torch.Tensor) -> torch.Tensor:

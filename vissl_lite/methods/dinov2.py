@@ -180,6 +180,10 @@ class DINOv2(Method):
         self.register_buffer("patch_center", torch.zeros(1, patch_dim))
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
         self.step_count = 0                # python mirror of steps_done (no device read per step)
+        # this step's teacher temperature on the device: a changing Python float read in a
+        # compiled training_step would recompile it whenever the schedule moves
+        self.register_buffer("current_teacher_temp", torch.tensor(c.warmup_teacher_temp),
+                             persistent=False)
         self.steps_per_epoch = None
 
     def train(self, mode: bool = True) -> "DINOv2":
@@ -198,7 +202,19 @@ class DINOv2(Method):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         out = super().load_state_dict(state_dict, strict, assign)
         self.step_count = int(self.steps_done)   # once, when a checkpoint is loaded
+        self._update_teacher_temp()
         return out
+
+    def setup(self, total_steps: int, steps_per_epoch: int) -> None:
+        super().setup(total_steps, steps_per_epoch)
+        self._update_teacher_temp()
+
+    def _update_teacher_temp(self) -> None:
+        if self.steps_per_epoch:
+            c = self.cfg
+            self.current_teacher_temp.fill_(teacher_temperature(
+                self._epoch(self.step_count), c.warmup_teacher_temp, c.teacher_temp,
+                c.warmup_teacher_temp_epochs))
 
     def param_lr_scale(self, name: str) -> float:
         """Layer-wise lr decay: the lr multiplier of parameter ``name`` (read by the optimizer)."""
@@ -213,7 +229,8 @@ class DINOv2(Method):
         return scale
 
     # -- the step ------------------------------------------------------------------------
-    def teacher_probs(self, logits: torch.Tensor, center: torch.Tensor, temp: float) -> torch.Tensor:
+    def teacher_probs(self, logits: torch.Tensor, center: torch.Tensor,
+                      temp: torch.Tensor) -> torch.Tensor:
         if self.cfg.centering == "sinkhorn_knopp":
             return sinkhorn_knopp(logits, temp, self.cfg.sinkhorn_iterations)
         return F.softmax((logits.float() - center) / temp, dim=-1)
@@ -223,8 +240,7 @@ class DINOv2(Method):
         c = self.cfg
         glob = torch.cat(list(crops[:2]))                                  # (2B, 3, H, W)
         b2 = glob.shape[0]
-        temp = teacher_temperature(self._epoch(self.step_count), c.warmup_teacher_temp,
-                                   c.teacher_temp, c.warmup_teacher_temp_epochs)
+        temp = self.current_teacher_temp
         masks = random_patch_mask(b2, self.backbone.num_patches, c.mask_ratio, glob.device)
         mask_idx = masks.mask_idx                                          # (2B, M), M fixed
         prefix = self.backbone.num_prefix_tokens
@@ -252,7 +268,7 @@ class DINOv2(Method):
             update_center(self.center, t_cls, c.center_momentum)
             update_center(self.patch_center, t_patch.flatten(0, 1), c.center_momentum)
         return StepOutput(loss, {"dino_loss": dino.detach(), "ibot_loss": ibot.detach(),
-                                 "koleo_loss": koleo.detach(), "teacher_temp": temp})
+                                 "koleo_loss": koleo.detach(), "teacher_temp": temp.clone()})
 
     def on_before_optimizer_step(self, step: int) -> None:
         if self._epoch(step) < self.cfg.freeze_last_layer:
@@ -270,6 +286,7 @@ class DINOv2(Method):
             ema_update(teacher, student, m, copy_buffers=False)
         self.step_count = step + 1
         self.steps_done.fill_(step + 1)
+        self._update_teacher_temp()
 
     def backbone_for_eval(self) -> nn.Module:
         return self.teacher_backbone
