@@ -347,7 +347,7 @@ def knn_accuracy_ours(args, device: torch.device, data) -> Dict[str, Any]:
         trainer = Trainer(cfg)
         trainer.fit()
         seconds = time.perf_counter() - started
-        encoder = trainer.ctx["method"].backbone_for_eval()
+        encoder = trainer.components.method.backbone_for_eval()
     return {"top1": knn_top1(encoder, data, device), "train_seconds": seconds,
             "epochs": args.knn_epochs}
 
