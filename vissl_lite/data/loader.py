@@ -187,11 +187,17 @@ def build_train_loader(cfg, views_spec, rank: int, world_size: int, device: torc
                      num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
 
 
+def train_data_size(loader) -> int:
+    """The number of training images behind a loader (0 where unknown: streamed shards)."""
+    dataset = getattr(loader, "dataset", None)  # DeviceLoader: the uint8 images
+    return len(dataset) if dataset is not None else len(getattr(loader, "images", ()))
+
+
 def describe_train_data(cfg, loader) -> str:
     """One line for the start of a run: the data set, where it is read from, its image count and
     the augmentation path (the trainer logs it beside device, precision and output folder)."""
-    dataset = getattr(loader, "dataset", None)  # DeviceLoader: the uint8 images
-    count = len(dataset) if dataset is not None else len(getattr(loader, "images", ()))
+    dataset = getattr(loader, "dataset", None)
+    count = train_data_size(loader)
     return (f"{describe_dataset(cfg.data, dataset, count=count)}, "
             f"{str(cfg.augment.path).lower()} augmentation")
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from vissl_lite.config import to_dict
-from vissl_lite.data.loader import build_train_loader
+from vissl_lite.data.loader import build_train_loader, train_data_size
 from vissl_lite.engine.logger import log
 from vissl_lite.engine.optim import build_optimizer, scaled_lr
 from vissl_lite.engine.resume import RUNTIME_STREAM, restore
@@ -65,6 +65,7 @@ def build_components(cfg, runtime: Runtime, method: nn.Module, micro_batch: int,
             method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
         elif runtime.main:
             log.warning("train.sync_bn=true is ignored on CPU (torch's SyncBatchNorm is GPU-only)")
+    method.check_data_size(train_data_size(loader))
     method.setup(total_steps, steps_per_epoch)
     method.train()
 

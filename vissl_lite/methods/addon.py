@@ -69,6 +69,9 @@ class AddOnMethod(Method):
         super().setup(total_steps, steps_per_epoch)
         self.base.setup(total_steps, steps_per_epoch)
 
+    def check_data_size(self, num_samples: int) -> None:
+        self.base.check_data_size(num_samples)
+
     def on_before_optimizer_step(self, step: int) -> None:
         self.base.on_before_optimizer_step(step)
 

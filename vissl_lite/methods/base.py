@@ -116,6 +116,10 @@ class Method(nn.Module):
         self.total_steps = total_steps
         self.steps_per_epoch = steps_per_epoch
 
+    def check_data_size(self, num_samples: int) -> None:
+        """Called once by the trainer with the training set's size (on the host, before the first
+        step); a method whose shapes depend on it (DIET-CP's datum-index head) checks it here."""
+
     def forward(self, batch: Dict[str, Any]) -> StepOutput:
         return self.training_step(batch)
 
