@@ -132,6 +132,19 @@ def views_batch(method, batch: int = 8, global_size: int = 32, local_size: int =
             "index": torch.arange(batch)}
 
 
+def assert_addon_is_base(plain, wrapped, batch) -> None:
+    """The add-on ``wrapped`` gives the same loss and gradients as ``plain``, bitwise."""
+    torch.manual_seed(3)
+    loss_plain = plain.training_step(batch).loss
+    torch.manual_seed(3)
+    loss_wrapped = wrapped.training_step(batch).loss
+    assert torch.equal(loss_plain, loss_wrapped)
+    loss_plain.backward()
+    loss_wrapped.backward()
+    for (name, p), q in zip(plain.named_parameters(), wrapped.base.parameters()):
+        assert (p.grad is None and q.grad is None) or torch.equal(p.grad, q.grad), name
+
+
 @pytest.fixture
 def one_thread():
     """Run a test on one torch thread: small L-BFGS/UMAP problems on a loaded 2-core machine are

@@ -253,6 +253,18 @@ def test_pretrained_path_round_trip(tmp_path, cifar_images):
             torch.testing.assert_close(loaded(cifar_images), expected, rtol=0, atol=0)
 
 
+def test_safetensors_file_loads(tmp_path):
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    source = build_backbone("resnet18", cifar_stem=True)
+    safetensors_torch.save_file({f"backbone.{k}": v.contiguous() for k, v in source.state_dict().items()},
+                                str(tmp_path / "w.safetensors"))
+    loaded = build_backbone("resnet18", cifar_stem=True, pretrained_path=str(tmp_path / "w.safetensors"))
+    assert torch.equal(loaded.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(BackboneError, match="cannot read .*bad.safetensors as a safetensors file"):
+        build_backbone("resnet18", pretrained_path=str(tmp_path / "bad.safetensors"))
+
+
 def test_torchvision_state_dict_loads_without_its_classifier(tmp_path):
     reference = torchvision.models.resnet18(weights=None)
     torch.save(reference.state_dict(), tmp_path / "tv.pth")

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from _helpers import tiny_method, views_batch
+from _helpers import assert_addon_is_base, tiny_method, views_batch
 from _je import assert_one_graph
 from vissl_lite.errors import ConfigError
 from vissl_lite.methods.e2mc import marginal_entropy, off_diagonal_covariance
@@ -56,12 +56,7 @@ def test_zero_weights_are_the_base_method_bitwise():
     plain, wrapped = _pair(lambda_ent=0.0, lambda_cov=0.0)
     assert wrapped.views == plain.views
     batch = views_batch(plain, batch=6)
-    loss_plain, loss_wrapped = plain.training_step(batch).loss, wrapped.training_step(batch).loss
-    assert torch.equal(loss_plain, loss_wrapped)
-    loss_plain.backward()
-    loss_wrapped.backward()
-    for (name, p), q in zip(plain.named_parameters(), wrapped.base.parameters()):
-        assert (p.grad is None and q.grad is None) or torch.equal(p.grad, q.grad), name
+    assert_addon_is_base(plain, wrapped, batch)
 
 
 def test_loss_adds_the_weighted_terms():

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _helpers import tiny_method, views_batch
+from _helpers import assert_addon_is_base, tiny_method, views_batch
 from _je import assert_one_graph
 from vissl_lite.errors import ConfigError
 from vissl_lite.methods.essl import rotate_batch
@@ -42,15 +42,7 @@ def test_lambda_zero_is_the_base_method_bitwise(base):
     plain, wrapped = _pair(base, lambda_rot=0.0)
     assert wrapped.views == plain.views                 # no extra view asked for
     batch = views_batch(plain, batch=6)
-    torch.manual_seed(3)
-    loss_plain = plain.training_step(batch).loss
-    torch.manual_seed(3)
-    loss_wrapped = wrapped.training_step(batch).loss
-    assert torch.equal(loss_plain, loss_wrapped)
-    loss_plain.backward()
-    loss_wrapped.backward()
-    for (name, p), q in zip(plain.named_parameters(), wrapped.base.parameters()):
-        assert (p.grad is None and q.grad is None) or torch.equal(p.grad, q.grad), name
+    assert_addon_is_base(plain, wrapped, batch)
 
 
 def test_lambda_adds_the_rotation_cross_entropy():

@@ -1,6 +1,7 @@
 """Load a local weights file into a backbone (``backbone.pretrained_path``); nothing is downloaded.
 
-Accepted files: a plain state dict saved with ``torch.save``, or a checkpoint that holds one under
+Accepted files: a plain state dict saved with ``torch.save`` or as ``.safetensors`` (timm / Hugging
+Face releases), or a checkpoint that holds one under
 ``state_dict``, ``model``, ``teacher``, ``target_encoder`` or ``encoder`` (vissl_lite, timm, DINO,
 MAE and I-JEPA checkpoints). A common key prefix such as ``module.`` or ``backbone.`` is found and
 stripped, classifier weights (``fc.``, ``head.``) are dropped, and learned position embeddings are
@@ -41,6 +42,15 @@ def _read(path: Path):
     if not path.is_file():
         raise BackboneError(f"backbone.pretrained_path: no such file: {path} (give a local weights "
                             f"file saved with torch.save; weights are never downloaded)")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file  # installed with timm
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError) as e:
+            raise BackboneError(f"backbone.pretrained_path: cannot read {path} as a safetensors "
+                                f"file ({str(e).splitlines()[0]})") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # a full training checkpoint (e.g. numpy RNG state inside)
