@@ -168,3 +168,22 @@ def test_a_signal_to_the_process_group_checkpoints_exits_and_resumes_exactly(
     assert resumed["step"] == straight["step"] == 12
     assert all(torch.equal(resumed["model"][k], straight["model"][k]) for k in straight["model"])
     assert _logged_steps(out) == list(range(1, 13))
+
+
+EXIT_WITH_LIVE_WORKERS = """
+from torch.utils.data import DataLoader
+from vissl_lite.data.workers import leave_stop_signals_to_the_trainer
+loader = DataLoader(list(range(8)), batch_size=2, num_workers=2, persistent_workers=True,
+                    worker_init_fn=leave_stop_signals_to_the_trainer)
+batches = iter(loader)
+next(batches)
+"""
+
+
+def test_a_process_still_holding_sigterm_ignoring_workers_exits():
+    """multiprocessing stops daemonic children at exit with SIGTERM, which our workers ignore:
+    a process that still holds a loader's workers at exit (persistent workers, a kept iterator)
+    must not wait for them forever (it did: pytest itself hung after its summary)."""
+    done = subprocess.run([sys.executable, "-c", EXIT_WITH_LIVE_WORKERS], timeout=60,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -10,12 +10,16 @@ raises it (``raise_carried``).
 """
 from __future__ import annotations
 
+import atexit
+import multiprocessing
+import multiprocessing.util  # registers its exit handler now, so that ours runs first
 import random
 import signal
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
 import torch
 from torch.utils.data import Dataset, DistributedSampler, default_collate, get_worker_info
+from torch.utils.data._utils.worker import _worker_loop
 
 from vissl_lite import errors
 from vissl_lite.errors import VisslLiteError
@@ -33,6 +37,37 @@ def leave_stop_signals_to_the_trainer(worker_id: int) -> None:
     kill the workers before the main process has written its checkpoint; it shuts them down."""
     for signum in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(signum, signal.SIG_IGN)
+
+
+def _ignores_sigterm(pid: int) -> bool:
+    """Whether process ``pid`` ignores SIGTERM (Linux: the SigIgn mask of /proc/<pid>/status)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("SigIgn:"):
+                    return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def _kill_workers_left_at_exit() -> None:
+    """At interpreter exit, multiprocessing stops daemonic children with SIGTERM and then joins
+    them; DataLoader workers that ignore SIGTERM (above) and are still alive (an iterator kept
+    until exit, persistent workers) would make that join wait forever, so they are killed first.
+    Registered after multiprocessing's own exit handler, so it runs before it."""
+    stuck = [process for process in multiprocessing.active_children()
+             if process.daemon and process.pid and _ignores_sigterm(process.pid)]
+    for process in stuck:
+        process.kill()
+    for process in stuck:
+        try:
+            process.join(timeout=5)
+        except RuntimeError:  # torch's SIGCHLD handler reports the worker we just killed
+            pass
+
+
+atexit.register(_kill_workers_left_at_exit)
 
 
 def seeded_sample(transform: Callable, image, seed: int, label: int, index: int) -> Dict[str, Any]:
