@@ -133,10 +133,31 @@ def build_toy(cfg) -> ToyContrastive:
     return ToyContrastive(ToyEncoder(batch_norm=cfg.method.batch_norm), cfg.method)
 
 
+def pil_toy_views(image):
+    """``toy_views`` of a decoded image (what a tar-shard data set yields)."""
+    from torchvision.transforms.v2.functional import pil_to_tensor
+    return toy_views(pil_to_tensor(image).float() / 255)
+
+
 def run(output_dir, *overrides, n: int = 64):
+    """Train the toy method; on ``ToyImages(n)``, or with ``data.name=shards`` on the shards in
+    ``data.root`` (written by ``write_toy_shards``), read by the configured shard loader."""
     from vissl_lite.engine import Trainer
     cfg = toy_config(output_dir, *overrides)
+    if cfg.data.name == "shards":
+        return Trainer(cfg, method=build_toy(cfg), transform=pil_toy_views).fit()
     return Trainer(cfg, method=build_toy(cfg), dataset=ToyImages(n), transform=toy_views).fit()
+
+
+def write_toy_shards(out, n: int = 64, shard_size: int = 16):
+    """``ToyImages(n)`` as JPEG tar shards (``vissl-lite shard``'s layout) in ``out``."""
+    from PIL import Image
+
+    from vissl_lite.data.shard_writer import write_shards
+    data = ToyImages(n)
+    items = [(Image.fromarray((x.permute(1, 2, 0) * 255).round().byte().numpy()), int(y))
+             for x, y in zip(data.images, data.labels)]
+    return write_shards(items, out, shard_size, progress=False)
 
 
 if __name__ == "__main__":

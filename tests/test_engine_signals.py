@@ -187,3 +187,23 @@ def test_a_process_still_holding_sigterm_ignoring_workers_exits():
     done = subprocess.run([sys.executable, "-c", EXIT_WITH_LIVE_WORKERS], timeout=60,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_sigterm_mid_epoch_on_shards_resumes_at_the_same_position(tmp_path):
+    """Streamed tar shards (data.name=shards): a run stopped mid-epoch by SIGTERM continues with
+    resume=auto from the sample it stopped at, and ends bitwise equal to an uninterrupted run."""
+    _toy.write_toy_shards(tmp_path / "shards")
+    shards = ["data.name=shards", f"data.root={tmp_path / 'shards'}"]
+    straight = tmp_path / "straight"
+    _train_here(straight, *shards)
+    out = tmp_path / "run"
+    proc = _launch(out, SLOW, "checkpoint.every_epochs=0", "checkpoint.save_best=false", *shards)
+    _wait_until(lambda: len(_logged_steps(out)) > 0, proc, out)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143, _output(out)
+    stopped = load_checkpoint(out)
+    assert 0 < stopped["step"] < TOTAL and stopped["batch_in_epoch"] > 0    # mid-epoch
+
+    assert _train_here(out, *shards, "resume=auto")["step"] == TOTAL
+    _assert_bitwise_equal(load_checkpoint(out), load_checkpoint(straight))
+    assert _logged_steps(out) == list(range(1, TOTAL + 1))
