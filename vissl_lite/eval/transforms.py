@@ -2,8 +2,7 @@
 
 Features must be computed on images normalised exactly as in pretraining. The per-channel
 constants are taken from the run's ``augment.mean/std`` when a checkpoint sets them, else from
-``vissl_lite.augment.default_mean_std`` (the pipeline's own defaults); the constants below are
-only its fallback (CIFAR-10 statistics up to 32x32, ImageNet's above). Like the training loader
+``vissl_lite.augment.default_mean_std`` (the pipeline's own defaults). Like the training loader
 (``data/loader.py`` builds its views without a data set name), evaluation passes no name unless
 asked, so both normalise alike.
 """
@@ -15,11 +14,6 @@ import torch
 from torchvision.transforms import v2
 
 from vissl_lite.augment import default_mean_std as augment_default
-
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: Above this side length, evaluation resizes to ``size / CROP_PCT`` before the center crop
 #: (the ImageNet protocol: 256 -> 224); small images are only resized to the size itself.
