@@ -60,28 +60,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _pair_loss_worker(rank, world, port, loss_fn, z_a, z_b, args, out_dir):
+def _loss_worker(rank, world, port, loss_fn, inputs, args, out_dir):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
     try:
-        n = z_a.shape[0] // world
-        a = z_a[rank * n:(rank + 1) * n].clone().requires_grad_(True)
-        b = z_b[rank * n:(rank + 1) * n].clone().requires_grad_(True)
-        loss = loss_fn(a, b, *args)
+        shards = []
+        for x in inputs:
+            n = x.shape[0] // world
+            shards.append(x[rank * n:(rank + 1) * n].clone().requires_grad_(True))
+        loss = loss_fn(*shards, *args)
         loss.backward()
-        torch.save({"loss": loss.detach(), "grad_a": a.grad, "grad_b": b.grad},
+        torch.save({"loss": loss.detach(), "grads": [s.grad for s in shards]},
                    f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def pair_loss_on_ranks(loss_fn: Callable, z_a: torch.Tensor, z_b: torch.Tensor, args: tuple,
-                       out_dir: Path, world: int = 2) -> List[Dict[str, torch.Tensor]]:
-    """Each of ``world`` gloo ranks gets a contiguous shard of ``(z_a, z_b)`` and computes
-    ``loss_fn(a, b, *args)``; returns every rank's loss and gradients w.r.t. its shard."""
-    mp.spawn(_pair_loss_worker, args=(world, free_port(), loss_fn, z_a, z_b, args, str(out_dir)),
+def loss_on_ranks(loss_fn: Callable, inputs, args: tuple, out_dir: Path,
+                  world: int = 2) -> List[Dict]:
+    """Each gloo rank gets a contiguous shard (dim 0) of every input and computes
+    ``loss_fn(*shards, *args)``; returns every rank's loss and gradients w.r.t. its shards."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    mp.spawn(_loss_worker, args=(world, free_port(), loss_fn, list(inputs), args, str(out_dir)),
              nprocs=world, join=True)
     return [torch.load(Path(out_dir) / f"rank{r}.pt") for r in range(world)]
+
+
+def pair_loss_on_ranks(loss_fn: Callable, z_a: torch.Tensor, z_b: torch.Tensor, args: tuple,
+                       out_dir: Path, world: int = 2) -> List[Dict[str, torch.Tensor]]:
+    """``loss_on_ranks`` of a two-view loss ``loss_fn(a, b, *args)``, gradients as grad_a/grad_b."""
+    return [{"loss": p["loss"], "grad_a": p["grads"][0], "grad_b": p["grads"][1]}
+            for p in loss_on_ranks(loss_fn, (z_a, z_b), args, out_dir, world)]
 
 
 def gaussian_clusters(n: int, num_classes: int, dim: int, spread: float = 0.5, seed: int = 0,
@@ -130,6 +139,19 @@ def views_batch(method, batch: int = 8, global_size: int = 32, local_size: int =
     views = [torch.randn(batch, 3, s, s, generator=g) for s in sizes]
     return {"views": views, "labels": torch.zeros(batch, dtype=torch.long),
             "index": torch.arange(batch)}
+
+
+def base_and_addon(addon: str, base: dict, **options):
+    """A base method (``base``: its config with ``name``) and the add-on ``addon`` wrapping an
+    identical copy of it, both set up and in training mode."""
+    torch.manual_seed(0)
+    plain = tiny_method(base["name"], **{k: v for k, v in base.items() if k != "name"})
+    wrapped = tiny_method(addon, base=base, **options)
+    wrapped.base.load_state_dict(plain.state_dict())
+    for m in (plain, wrapped):
+        m.setup(total_steps=10, steps_per_epoch=5)
+        m.train()
+    return plain, wrapped
 
 
 def assert_addon_is_base(plain, wrapped, batch) -> None:

@@ -2,15 +2,12 @@
 the one-graph check, and lightly (the test-only oracle) when it is installed."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable, Dict, List, Sequence
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from _helpers import free_port
+from _helpers import loss_on_ranks  # noqa: F401  (the rank runner, shared)
 
 
 def lightly_module(name: str):
@@ -23,32 +20,6 @@ def assert_one_graph(method, batch) -> None:
     torch._dynamo.reset()
     explained = torch._dynamo.explain(method.training_step)(batch)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
-
-
-def _worker(rank, world, port, loss_fn, inputs, args, out_dir):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world)
-    try:
-        shards = []
-        for x in inputs:
-            n = x.shape[0] // world
-            shards.append(x[rank * n:(rank + 1) * n].clone().requires_grad_(True))
-        loss = loss_fn(*shards, *args)
-        loss.backward()
-        torch.save({"loss": loss.detach(), "grads": [s.grad for s in shards]},
-                   f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def loss_on_ranks(loss_fn: Callable, inputs: Sequence[torch.Tensor], args: tuple, out_dir: Path,
-                  world: int = 2) -> List[Dict]:
-    """Each gloo rank gets a contiguous shard (dim 0) of every input and computes
-    ``loss_fn(*shards, *args)``; returns every rank's loss and gradients w.r.t. its shards."""
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    mp.spawn(_worker, args=(world, free_port(), loss_fn, list(inputs), args, str(out_dir)),
-             nprocs=world, join=True)
-    return [torch.load(Path(out_dir) / f"rank{r}.pt") for r in range(world)]
 
 
 def assert_ranks_match_full(parts: List[Dict], loss_fn: Callable, inputs: Sequence[torch.Tensor],

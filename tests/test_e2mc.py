@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from _helpers import assert_addon_is_base, tiny_method, views_batch
+from _helpers import assert_addon_is_base, base_and_addon, tiny_method, views_batch
 from _je import assert_one_graph
 from vissl_lite.errors import ConfigError
 from vissl_lite.methods.e2mc import marginal_entropy, off_diagonal_covariance
@@ -42,14 +42,7 @@ def test_off_diagonal_covariance_formula():
 
 
 def _pair(**e2mc):
-    torch.manual_seed(0)
-    plain = tiny_method("simclr", **{k: v for k, v in BASE.items() if k != "name"})
-    wrapped = tiny_method("e2mc", base=BASE, **e2mc)
-    wrapped.base.load_state_dict(plain.state_dict())
-    for m in (plain, wrapped):
-        m.setup(total_steps=10, steps_per_epoch=5)
-        m.train()
-    return plain, wrapped
+    return base_and_addon("e2mc", BASE, **e2mc)
 
 
 def test_zero_weights_are_the_base_method_bitwise():

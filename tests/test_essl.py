@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _helpers import assert_addon_is_base, tiny_method, views_batch
+from _helpers import assert_addon_is_base, base_and_addon, tiny_method, views_batch
 from _je import assert_one_graph
 from vissl_lite.errors import ConfigError
 from vissl_lite.methods.essl import rotate_batch
@@ -25,14 +25,7 @@ def test_rotations_and_labels():
 
 def _pair(base: dict, **essl):
     """A base method and an E-SSL wrapper around an identical copy of it."""
-    torch.manual_seed(0)
-    plain = tiny_method(base["name"], **{k: v for k, v in base.items() if k != "name"})
-    wrapped = tiny_method("essl", base=base, **essl)
-    wrapped.base.load_state_dict(plain.state_dict())
-    for m in (plain, wrapped):
-        m.setup(total_steps=10, steps_per_epoch=5)
-        m.train()
-    return plain, wrapped
+    return base_and_addon("essl", base, **essl)
 
 
 @pytest.mark.parametrize("base", [{"name": "simclr", "proj_hidden_dim": 32, "proj_output_dim": 16},
