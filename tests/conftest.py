@@ -1,6 +1,7 @@
 """Shared fixtures: the real CIFAR-10 JPEG archive (../shared/datasets) extracted once per session."""
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -53,6 +54,15 @@ os.environ.setdefault("CIFAR10_ROOT", str(ARCHIVE))
 def _deterministic_torch():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _restore_vissl_lite_logger():
+    """A test that builds a Trainer configures the package logger; the next test starts clean."""
+    logger = logging.getLogger("vissl_lite")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 @pytest.fixture(scope="session")

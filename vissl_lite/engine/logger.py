@@ -20,13 +20,34 @@ from tqdm.auto import tqdm
 log = logging.getLogger("vissl_lite")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time, so a redirected or replaced stderr
+    (pytest's capture, a notebook, ``contextlib.redirect_stderr``) never meets a closed stream."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("[vissl_lite] %(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_console_logging() -> None:
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("[vissl_lite] %(message)s"))
-        log.addHandler(handler)
+    """Show the run's INFO lines on stderr as ``[vissl_lite] ...``.
+
+    An application that configured logging itself (the root logger has handlers) keeps control:
+    records propagate to its handlers and nothing is added here, so no line is printed twice.
+    """
+    if log.level == logging.NOTSET:
         log.setLevel(logging.INFO)
-        log.propagate = False
+    if log.handlers or logging.getLogger().handlers:
+        return
+    log.addHandler(_StderrHandler())
 
 
 def _plain(value: Any) -> Any:
