@@ -36,6 +36,30 @@ def test_extract_features_in_order_in_eval_mode_and_mode_restored():
     assert torch.equal(out_labels, labels)
 
 
+@pytest.mark.parametrize("wrap", ["dataset", "loader", "tensor"])
+def test_progress_bar_counts_images_to_the_total(wrap, monkeypatch, capsys):
+    import vissl_lite.eval.features as features
+
+    closed = []
+
+    class RecordingBar(features.tqdm):
+        def close(self):
+            closed.append((self.n, self.total, getattr(self, "unit", None), self.disable))
+            super().close()
+
+    monkeypatch.setattr(features, "tqdm", RecordingBar)
+    images, labels = torch.rand(10, 3, 4, 4), torch.arange(10)
+    data = {"dataset": TensorDataset(images, labels),
+            "loader": torch.utils.data.DataLoader(TensorDataset(images, labels), batch_size=4),
+            "tensor": images}[wrap]
+    extract_features(MeanColour(), data, batch_size=3, device="cpu", progress=True)
+    assert "extracting features" in capsys.readouterr().err
+    assert closed[0] == (10, 10, "img", False)
+    closed.clear()
+    extract_features(MeanColour(), data, batch_size=3, device="cpu")
+    assert closed[0][3] is True and capsys.readouterr().err == ""
+
+
 def test_uint8_tensor_path_equals_normalised_float_path():
     encoder = MeanColour()
     images = torch.randint(0, 256, (6, 3, 4, 4), dtype=torch.uint8)

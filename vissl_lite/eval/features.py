@@ -16,6 +16,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from vissl_lite import distributed as dist
@@ -109,12 +110,10 @@ def extract_features(encoder: nn.Module, data, *, labels: Optional[torch.Tensor]
     encoder.eval()
     feats, labs = [], []
     batches = _batches(data, labels, batch_size, num_workers, shard)
-    if progress and dist.is_main():
-        from tqdm.auto import tqdm
-        total = math.ceil(len(_shard(n)) / batch_size) if shard else len(data)
-        batches = tqdm(batches, desc="features", leave=False, total=total)
+    bar = _progress_bar(len(_shard(n)) if shard else _loader_len(data), progress)
     try:
         for images, y in batches:
+            bar.update(len(images))
             images = images.to(device, non_blocking=True)
             if images.dtype == torch.uint8:
                 if mean is None or std is None:
@@ -128,6 +127,7 @@ def extract_features(encoder: nn.Module, data, *, labels: Optional[torch.Tensor]
             feats.append(f.float().cpu())
             labs.append(torch.as_tensor(y).long().cpu())
     finally:
+        bar.close()
         encoder.train(was_training)
     if not feats:
         raise EvalError("no images to extract features from (empty data set or shard)")
@@ -135,6 +135,19 @@ def extract_features(encoder: nn.Module, data, *, labels: Optional[torch.Tensor]
     if shard and dist.world_size() > 1:
         f, y = _gather_shards(f, n), _gather_shards(y, n)
     return f, y
+
+
+def _loader_len(loader: DataLoader) -> Optional[int]:
+    try:
+        return len(loader.sampler)
+    except TypeError:  # an iterable-style data set has no length
+        return None
+
+
+def _progress_bar(total: Optional[int], enabled: bool) -> tqdm:
+    """Images encoded so far, with the rate in images/s (rank 0 only; a no-op bar otherwise)."""
+    return tqdm(total=total, desc="extracting features", unit="img", leave=False,
+                dynamic_ncols=True, disable=not (enabled and dist.is_main()))
 
 
 def file_digest(path: Union[str, os.PathLike], chunk: int = 1 << 22) -> str:

@@ -124,6 +124,8 @@ class OnlineMonitor:
         self.cfg = cfg.monitor
         self.method = method
         self.device = resolve_device(device)
+        logger = cfg.get("logger", None) if hasattr(cfg, "get") else None
+        self.progress = bool(logger.progress) if logger is not None else False
         augment = cfg.get("augment", None) if hasattr(cfg, "get") else None
         self.image_size = global_view_size(cfg)
         self.mean, self.std = resolve_mean_std(self.image_size, augment.mean if augment else None,
@@ -152,7 +154,7 @@ class OnlineMonitor:
     def _features(self, encoder: nn.Module, data: ImagesLabels):
         images, labels = data
         return extract_features(encoder, images, labels=labels, mean=self.mean, std=self.std,
-                                device=self.device, batch_size=256)
+                                device=self.device, batch_size=256, progress=self.progress)
 
     def run(self, epoch: int) -> Dict[str, float]:
         if self.off:

@@ -56,7 +56,7 @@ def sslmem_scores(views: torch.Tensor, encoder_with: nn.Module, encoder_without:
         raise EvalError(f"SSLMem needs views of shape (N, V >= 2, 3, H, W), got {tuple(views.shape)}")
     n, v = views.shape[:2]
     flat = views.reshape(n * v, *views.shape[2:])
-    kw = dict(batch_size=batch_size, device=device, precision=precision)
+    kw = dict(batch_size=batch_size, device=device, precision=precision, progress=True)
     f = extract_features(encoder_with, flat, **kw)[0].view(n, v, -1)
     g = extract_features(encoder_without, flat, **kw)[0].view(n, v, -1)
     align_f, align_g = alignment_per_image(f), alignment_per_image(g)
