@@ -2,6 +2,7 @@
 LARS on foreach kernels equal to its per-parameter formula, the online linear head learning."""
 from __future__ import annotations
 
+import contextlib
 from typing import List
 
 import pytest
@@ -154,6 +155,64 @@ def test_foreach_lars_equals_the_per_parameter_formula_over_several_steps():
         torch.testing.assert_close(p.detach(), r, atol=1e-6, rtol=1e-6)
     for p, mu in zip(params, ref_mu):
         torch.testing.assert_close(opt.state[p]["mu"], mu, atol=1e-6, rtol=1e-6)
+
+
+def _scaled_lars_step(params, opt, scaler, grads, recorder=None):
+    """backward of sum(p * g) through ``scaler`` gives each p the gradient g, scaled."""
+    loss = sum((p * g).sum() for p, g in zip(params, grads))
+    scaler.scale(loss).backward()
+    with recorder or contextlib.nullcontext():
+        scaler.unscale_(opt)
+        scaler.step(opt)
+        scaler.update()
+    opt.zero_grad(set_to_none=True)
+
+
+def test_lars_under_grad_scaler_skips_inf_steps_on_the_device():
+    """fp16's GradScaler: finite steps equal unscaled LARS, an inf step leaves w and mu exactly
+    as they were and halves the scale, and none of it reads the inf flag back to the host."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(8, 4), (8,), (3, 8)]
+    init = [torch.randn(s, generator=g) for s in shapes]
+    grad_steps = [[torch.randn(s, generator=g) for s in shapes] for _ in range(3)]
+
+    def lars(params):
+        return LARS([dict(params=[params[0], params[2]]),
+                     dict(params=[params[1]], lars_exclude=True, weight_decay=0.0)],
+                    lr=0.3, weight_decay=1e-3, momentum=0.9, eta=0.02)
+
+    plain = [nn.Parameter(t.clone()) for t in init]
+    scaled = [nn.Parameter(t.clone()) for t in init]
+    opt_plain, opt_scaled = lars(plain), lars(scaled)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    for grads in grad_steps:
+        for p, grad in zip(plain, grads):
+            p.grad = grad.clone()
+        opt_plain.step()
+        with RecordOps() as recorder:
+            _scaled_lars_step(scaled, opt_scaled, scaler, grads)
+        assert not set(recorder.ops) & SYNCING
+    for a, b in zip(plain, scaled):
+        torch.testing.assert_close(a.detach(), b.detach(), atol=1e-6, rtol=1e-6)
+
+    before = [p.detach().clone() for p in scaled]
+    mu_before = [opt_scaled.state[p]["mu"].clone() for p in scaled]
+    bad = [grad.clone() for grad in grad_steps[0]]
+    bad[0][0, 0] = float("inf")
+    with RecordOps() as recorder:
+        _scaled_lars_step(scaled, opt_scaled, scaler, bad)
+    assert not set(recorder.ops) & SYNCING
+    assert all(torch.equal(p.detach(), b) for p, b in zip(scaled, before))
+    assert all(torch.equal(opt_scaled.state[p]["mu"], m) for p, m in zip(scaled, mu_before))
+    assert scaler.get_scale() == 2.0 ** 9
+
+
+def test_the_recorder_sees_the_scaler_read_back_for_an_optimizer_without_the_amp_contract():
+    p = nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([p], lr=0.1, foreach=True)
+    recorder = RecordOps()
+    _scaled_lars_step([p], opt, torch.amp.GradScaler("cpu"), [torch.ones(3)], recorder)
+    assert set(recorder.ops) & SYNCING
 
 
 def test_online_linear_head_step_learns_separable_classes_without_read_back():

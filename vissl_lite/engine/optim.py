@@ -23,7 +23,15 @@ from vissl_lite.errors import ConfigError
 
 
 class LARS(torch.optim.Optimizer):
-    """Layer-wise Adaptive Rate Scaling; see the module docstring for the update."""
+    """Layer-wise Adaptive Rate Scaling; see the module docstring for the update.
+
+    Under fp16's ``GradScaler`` the step is skipped on the device: ``_step_supports_amp_scaling``
+    makes the scaler hand over ``found_inf`` (and ``grad_scale`` when the gradients are still
+    scaled) instead of reading the inf flag back to the host before every step, as it does for
+    optimizers without that contract.
+    """
+
+    _step_supports_amp_scaling = True
 
     def __init__(self, params: Iterable, lr: float, weight_decay: float = 0.0,
                  momentum: float = 0.9, eta: float = 0.02):
@@ -39,11 +47,17 @@ class LARS(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
         for group in self.param_groups:
             params = [w for w in group["params"] if w.grad is not None]
             if not params:
                 continue
             grads = [w.grad for w in params]
+            if grad_scale is not None:
+                grads = torch._foreach_div(grads, grad_scale)
+            if found_inf is not None:
+                grads = [g.masked_fill(found_inf.ne(0), 0) for g in grads]
             if not group["lars_exclude"]:
                 grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
                 w_norm = torch.stack(torch._foreach_norm(params))
@@ -52,9 +66,17 @@ class LARS(torch.optim.Optimizer):
                                     torch.ones_like(w_norm))
                 torch._foreach_mul_(grads, trust.unbind(0))
             mus = [self._momentum_buffer(w) for w in params]
-            torch._foreach_mul_(mus, group["momentum"])
-            torch._foreach_add_(mus, grads)
-            torch._foreach_add_(params, mus, alpha=-group["lr"])
+            if found_inf is None:
+                torch._foreach_mul_(mus, group["momentum"])
+                torch._foreach_add_(mus, grads)
+                torch._foreach_add_(params, mus, alpha=-group["lr"])
+            else:  # mu <- keep * (momentum mu + g) + (1 - keep) mu, exact for keep in {0, 1}
+                keep = found_inf.eq(0).to(mus[0].dtype)
+                moved = torch._foreach_add(torch._foreach_mul(mus, group["momentum"]), grads)
+                torch._foreach_mul_(moved, keep)
+                torch._foreach_mul_(mus, 1 - keep)
+                torch._foreach_add_(mus, moved)
+                torch._foreach_add_(params, torch._foreach_mul(mus, keep), alpha=-group["lr"])
         return loss
 
     def _momentum_buffer(self, w: torch.Tensor) -> torch.Tensor:
