@@ -47,8 +47,8 @@ from torch import nn
 
 from vissl_lite.errors import ConfigError
 from vissl_lite.methods.base import StepOutput
-from vissl_lite.methods.dino import DINO, DINOConfig, dino_loss, update_center
-from vissl_lite.methods.dinov2 import ibot_patch_loss
+from vissl_lite.methods.dino import DINO, DINOConfig, update_center
+from vissl_lite.methods.dinov2 import cross_entropy_pairs, ibot_patch_loss
 from vissl_lite.methods.ema import ema_update
 from vissl_lite.methods.heads import DINOHead
 from vissl_lite.methods.vit_blocks import gather_tokens
@@ -109,15 +109,17 @@ def select_positives(tokens: torch.Tensor, index: torch.Tensor, valid: torch.Ten
             torch.gather(valid.expand(b, -1, -1), 2, slots))
 
 
-def selfpatch_patch_loss(student_out: List[torch.Tensor], teacher_out: List[torch.Tensor],
-                         center: torch.Tensor, teacher_temp, student_temp: float) -> torch.Tensor:
+def selfpatch_patch_loss(student_out: List[torch.Tensor], teacher_probs: List[torch.Tensor],
+                         student_temp: float) -> torch.Tensor:
     """Mean over crops of the per-patch cross-entropy, one (B, N_v, K') tensor per crop each:
-    teacher ``softmax((t - C') / tau_t)`` against student ``log_softmax(s / tau_s)``."""
-    total = 0.0
-    for s, t in zip(student_out, teacher_out):
-        probs = F.softmax((t.float() - center) / teacher_temp, dim=-1)
-        total = total + ibot_patch_loss(s, probs, student_temp)
-    return total / len(student_out)
+    teacher targets ``softmax((h_t - C') / tau_t)`` against ``log_softmax(h_s / tau_s)``."""
+    return sum(ibot_patch_loss(s, t, student_temp)
+               for s, t in zip(student_out, teacher_probs)) / len(student_out)
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Mean entropy (nats) of the distributions along the last dimension."""
+    return -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean()
 
 
 class ClassAttentionBlock(nn.Module):
@@ -230,19 +232,23 @@ class SelfPatch(DINO):
             teacher = [self._teacher(x) for x in groups]
         student = [self._student(x) for x in groups]
         n_crops = [2, len(crops) - 2]
-        s_image = torch.cat([s for s, _ in student]).chunk(len(crops))
         t_image = torch.cat([t for t, _ in teacher])
-        dino = dino_loss(s_image, t_image[: groups[0].shape[0]].chunk(2), self.center, temp,
-                         c.student_temp)
-        s_patch = [p for (_, s), m in zip(student, n_crops) for p in s.chunk(m)]
         t_patch = [p for (_, t), m in zip(teacher, n_crops) for p in t.chunk(m)]
-        patch = selfpatch_patch_loss(s_patch, t_patch, self.patch_center, temp, c.student_temp)
+        with torch.no_grad():
+            probs = F.softmax((t_image[: groups[0].shape[0]].float() - self.center) / temp, dim=-1)
+            patch_probs = [F.softmax((t.float() - self.patch_center) / temp, dim=-1) for t in t_patch]
+        s_image = torch.cat([s for s, _ in student]).chunk(len(crops))
+        dino = cross_entropy_pairs(s_image, probs.chunk(2), c.student_temp)
+        s_patch = [p for (_, s), m in zip(student, n_crops) for p in s.chunk(m)]
+        patch = selfpatch_patch_loss(s_patch, patch_probs, c.student_temp)
         update_center(self.center, t_image, c.center_momentum)
         update_center(self.patch_center, torch.cat([t.flatten(0, 1) for _, t in teacher]),
                       c.center_momentum)
-        return StepOutput(dino + c.patch_loss_weight * patch,
-                          {"dino_loss": dino.detach(), "patch_loss": patch.detach(),
-                           "teacher_temp": temp.clone()})
+        metrics = {"dino_loss": dino.detach(), "patch_loss": patch.detach(),
+                   "teacher_entropy": entropy(probs),
+                   "patch_teacher_entropy": sum(map(entropy, patch_probs)) / len(patch_probs),
+                   "teacher_temp": temp.clone()}
+        return StepOutput(dino + c.patch_loss_weight * patch, metrics)
 
     def on_before_optimizer_step(self, step: int) -> None:
         super().on_before_optimizer_step(step)
