@@ -27,7 +27,9 @@ last layers (both heads) in the first epochs are DINO's.
 As alinlab/SelfPatch (``main_selfpatch.py``, ``SelfPatchHead``): only the teacher's positives are
 aggregated, the student's patch enters its head alone; the image representation comes from ``A``
 over all patches, not from a CLS token (so ``lambda = 0`` is DINO with a class-attention pooling
-head, not our ``dino`` method with its CLS token). One difference: the official neighbour table
+head, not our ``dino`` method with its CLS token; a CLS token of the backbone is ignored). The
+tokens ``x`` are timm's final-normed ones (the official ViT has no final norm; ``A``'s norm acts as
+one). One difference: the official neighbour table
 wraps around the grid edges (a border patch's "neighbours" include the opposite border); here a
 border patch has only its in-grid neighbours (a fixed-shape validity mask; where fewer than k are
 valid, the invalid picks are masked out of A's attention). The neighbour table of the backbone's
@@ -224,6 +226,8 @@ class SelfPatch(DINO):
 
     def training_step(self, batch: Dict[str, Any]) -> StepOutput:
         crops = batch["views"]
+        if len(crops) < 2:
+            raise ValueError(f"SelfPatch needs 2 global crops (+ local crops), got {len(crops)} views")
         c = self.cfg
         self._epoch(0)  # fails clearly before setup()
         temp = self.current_teacher_temp
