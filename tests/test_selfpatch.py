@@ -83,7 +83,7 @@ def test_the_teacher_aggregates_exactly_its_positives(one_thread):
     method = tiny_method("selfpatch", num_positives=4)
     method.setup(total_steps=10, steps_per_epoch=5)
     x = torch.randn(2, 3, 16, 16)                        # a 4x4 grid: a local-crop size
-    _, patch_logits = method._teacher(x)
+    _, patch_logits, _ = method._teacher(x)
     tokens = method.teacher_backbone.forward_all_tokens(x)[:, 1:]
     want = brute_force_positives(tokens, 4, 4, 4)
     for b in range(2):
@@ -161,6 +161,8 @@ def test_teacher_gets_no_gradient_and_both_last_layers_freeze_in_the_first_epoch
     assert method.patch_head.last_layer.weight_v.grad.abs().sum() > 0
     assert set(out.metrics) == {"dino_loss", "patch_loss", "teacher_entropy", "patch_teacher_entropy",
                                "teacher_temp"}
+    first_view = views_batch(method)["views"][0]
+    torch.testing.assert_close(out.embedding, method.backbone_for_eval()(first_view))
     method.on_before_optimizer_step(5)                    # epoch 1: the last layers learn
     assert method.patch_head.last_layer.weight_v.grad is not None
     method.on_before_optimizer_step(4)                    # epoch 0: they are frozen

@@ -208,8 +208,9 @@ class SelfPatch(DINO):
             return self.neighbour_index, self.neighbour_valid
         return neighbour_table(*grid, device=device)
 
-    def _teacher(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Teacher image logits (B, K) and aggregated-positive patch logits (B, N, K')."""
+    def _teacher(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Teacher image logits (B, K), aggregated-positive patch logits (B, N, K') and its patch
+        tokens (B, N, D)."""
         patches = self.teacher_backbone.forward_all_tokens(x)[:, self.backbone.num_prefix_tokens:]
         b, n, d = patches.shape
         p = self.backbone.patch_size
@@ -217,7 +218,8 @@ class SelfPatch(DINO):
         pos_idx, pos_valid = select_positives(patches, index, valid, self.cfg.num_positives)
         positives = gather_tokens(patches, pos_idx.flatten(1)).view(b * n, -1, d)
         pooled = self.teacher_aggregator(positives, pos_valid.view(b * n, -1)).view(b, n, d)
-        return self.teacher_head(self.teacher_aggregator(patches)), self.teacher_patch_head(pooled)
+        return (self.teacher_head(self.teacher_aggregator(patches)),
+                self.teacher_patch_head(pooled), patches)
 
     def _student(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Student image logits (B, K) and per-patch logits (B, N, K')."""
@@ -236,8 +238,8 @@ class SelfPatch(DINO):
             teacher = [self._teacher(x) for x in groups]
         student = [self._student(x) for x in groups]
         n_crops = [2, len(crops) - 2]
-        t_image = torch.cat([t for t, _ in teacher])
-        t_patch = [p for (_, t), m in zip(teacher, n_crops) for p in t.chunk(m)]
+        t_image = torch.cat([t for t, _, _ in teacher])
+        t_patch = [p for (_, t, _), m in zip(teacher, n_crops) for p in t.chunk(m)]
         with torch.no_grad():
             probs = F.softmax((t_image[: groups[0].shape[0]].float() - self.center) / temp, dim=-1)
             patch_probs = [F.softmax((t.float() - self.patch_center) / temp, dim=-1) for t in t_patch]
@@ -246,13 +248,15 @@ class SelfPatch(DINO):
         s_patch = [p for (_, s), m in zip(student, n_crops) for p in s.chunk(m)]
         patch = selfpatch_patch_loss(s_patch, patch_probs, c.student_temp)
         update_center(self.center, t_image, c.center_momentum)
-        update_center(self.patch_center, torch.cat([t.flatten(0, 1) for _, t in teacher]),
+        update_center(self.patch_center, torch.cat([t.flatten(0, 1) for _, t, _ in teacher]),
                       c.center_momentum)
         metrics = {"dino_loss": dino.detach(), "patch_loss": patch.detach(),
                    "teacher_entropy": entropy(probs),
                    "patch_teacher_entropy": sum(map(entropy, patch_probs)) / len(patch_probs),
                    "teacher_temp": temp.clone()}
-        return StepOutput(dino + c.patch_loss_weight * patch, metrics)
+        # the online linear probe's features: the teacher's mean patch token of the first view
+        return StepOutput(dino + c.patch_loss_weight * patch, metrics,
+                          embedding=teacher[0][2][: crops[0].shape[0]].mean(dim=1))
 
     def on_before_optimizer_step(self, step: int) -> None:
         super().on_before_optimizer_step(step)
