@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from _helpers import TinyNet
+from vissl_lite.backbones import build_backbone
 from vissl_lite.methods.dino import DINO, dino_loss, update_center
 from vissl_lite.methods.heads import DINOHead
 
@@ -82,6 +83,21 @@ def test_teacher_gets_no_gradient_and_sees_global_crops_only():
     assert all(not p.requires_grad and p.grad is None for p in teacher)
     assert all(p.grad is not None for p in method.backbone.parameters())
     assert method.backbone_for_eval() is method.teacher_backbone
+
+
+def test_teacher_has_no_stochastic_depth_but_keeps_the_students_mode():
+    """The official teachers are built without drop-path (a student-only argument); a teacher
+    copied from a ViT student with drop_path_rate=0.5 must still be deterministic in train mode."""
+    vit = build_backbone("vit_tiny_patch8", img_size=16, drop_path_rate=0.5)
+    method = DINO(vit, {"name": "dino", **DINO.tiny_config}).train()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        a, b = method.teacher_backbone(x), method.teacher_backbone(x)
+        student = [method.backbone(x) for _ in range(2)]
+    assert method.teacher_backbone.training
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(*student)                       # the student still drops paths
+    torch.testing.assert_close(a, method.backbone.eval()(x))  # same weights, nothing dropped
 
 
 def test_ema_update_matches_formula():

@@ -16,7 +16,6 @@ first ``freeze_last_layer`` epochs. Evaluation uses the teacher's backbone, as t
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any, Dict, List, Sequence
 
@@ -26,7 +25,7 @@ from torch import nn
 
 from vissl_lite.augment.spec import ViewSpec
 from vissl_lite.distributed import all_reduce_mean
-from vissl_lite.methods.ema import ema_update
+from vissl_lite.methods.ema import ema_update, teacher_copy
 from vissl_lite.methods.base import Method, StepOutput
 from vissl_lite.methods.heads import DINOHead
 from vissl_lite.registry import METHODS
@@ -117,10 +116,8 @@ class DINO(Method):
         self.views = ViewSpec("dino", 2, c.num_local_crops)
         self.head = DINOHead(backbone.num_features, c.out_dim, c.hidden_dim, c.bottleneck_dim,
                              c.head_layers, c.use_bn_in_head, c.norm_last_layer)
-        self.teacher_backbone = copy.deepcopy(backbone)
-        self.teacher_head = copy.deepcopy(self.head)
-        for p in [*self.teacher_backbone.parameters(), *self.teacher_head.parameters()]:
-            p.requires_grad_(False)
+        self.teacher_backbone = teacher_copy(backbone)
+        self.teacher_head = teacher_copy(self.head)
         self.register_buffer("center", torch.zeros(1, c.out_dim))
         # Optimizer steps completed: a Python int for the schedules (reading a device counter on
         # the host would stall every step), mirrored in the ``steps_done`` buffer so that

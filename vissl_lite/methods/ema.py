@@ -11,6 +11,8 @@ as facebookresearch/dino does for its teacher.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -27,3 +29,21 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float,
         t_bufs, o_bufs = list(target.buffers()), list(online.buffers())
         if t_bufs:
             torch._foreach_copy_(t_bufs, o_bufs)
+
+
+def teacher_copy(module: nn.Module) -> nn.Module:
+    """A deep copy for a teacher / target network: no gradients, and no stochastic depth or dropout.
+
+    The teacher stays in the student's train/eval mode (a ResNet teacher normalises with its own
+    batch statistics, as facebookresearch/dino's does), but a copied ViT would also copy the
+    student's ``drop_path_rate``, which the official teachers are built without (DINO, DINOv2,
+    iBOT: ``drop_path_rate`` is a student-only argument), so the copy's DropPath and Dropout
+    layers are set to drop nothing.
+    """
+    target = copy.deepcopy(module).requires_grad_(False)
+    for layer in target.modules():
+        if isinstance(layer, nn.Dropout):
+            layer.p = 0.0
+        elif hasattr(layer, "drop_prob"):  # timm.layers.DropPath
+            layer.drop_prob = 0.0
+    return target
