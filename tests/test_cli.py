@@ -51,6 +51,15 @@ def test_list_prints_every_registry_and_the_presets(capsys):
         assert word in out, word
 
 
+def test_readme_method_table_is_the_generated_one(capsys):
+    """README's table is `vissl-lite list methods --markdown`: a new method file and preset
+    need one regenerated paste, and a stale README fails here."""
+    assert main(["list", "methods", "--markdown"]) == 0
+    table = capsys.readouterr().out.strip()
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert table in readme, "regenerate README's method table: vissl-lite list methods --markdown"
+
+
 def test_console_script_runs_as_a_module():
     res = subprocess.run([sys.executable, "-m", "vissl_lite.cli", "--version"], capture_output=True,
                          text=True, cwd=REPO)
