@@ -120,6 +120,23 @@ def test_dino_preset_with_the_online_monitor(cifar_root, tmp_path):
     assert ckpt["metrics"]["knn_top1"] == epoch["knn_top1"]
 
 
+def test_monitor_at_start_logs_the_baseline_and_leaves_training_unchanged(simclr_run, cifar_root,
+                                                                           tmp_path):
+    """monitor.at_start=true: the random-init encoder's kNN and RankMe as an epoch-0 record,
+    measured without touching the RNG, the weights or the BN statistics the run trains with."""
+    run = tmp_path / "run"
+    assert pretrain("simclr", cifar_root, run, "monitor.every_epochs=1", "monitor.at_start=true",
+                    "monitor.train_subset=32", "monitor.test_subset=20", "monitor.knn_k=5") == 0
+    epochs = [r for r in read_records(run) if r["type"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [0, 1] and epochs[0]["step"] == 0
+    assert 0.0 <= epochs[0]["knn_top1"] <= 100.0 and epochs[0]["rankme"] >= 1.0
+    with_baseline = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+    without = load_checkpoint(simclr_run / "checkpoints" / "last.pt")["model"]
+    assert with_baseline.keys() == without.keys()
+    for name, value in without.items():
+        assert torch.equal(with_baseline[name], value), name
+
+
 def test_console_script_reads_the_archive(cifar_archive, tmp_path):
     """The installed ``vissl-lite`` script in a fresh process, DataLoader workers, .tar.gz data."""
     beside_python = str(Path(sys.executable).parent / "vissl-lite")

@@ -114,6 +114,8 @@ class Trainer:
         c, s, cfg = self.components, self.state, self.cfg
         total, per_epoch = c.total_steps, c.steps_per_epoch
         log_every, every = max(1, cfg.train.log_every), cfg.checkpoint.every_steps
+        if s.step == 0 and c.monitor is not None and cfg.monitor.at_start:
+            self._monitor_at_start()
         self.logger.start_progress(total, s.step)
         window_start, window_steps = time.perf_counter(), 0
         step_save = False
@@ -233,6 +235,12 @@ class Trainer:
             return False
         s.best = value
         return True
+
+    def _monitor_at_start(self) -> None:
+        """``monitor.at_start``: the encoder at initialisation, the baseline for every later epoch."""
+        results = self._monitor(-1)
+        self.logger.info("before training: " + ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
+        self.logger.write({"type": "epoch", "step": 0, "epoch": 0, **results})
 
     def _monitor(self, epoch: int) -> Dict[str, float]:
         c = self.components

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 @dataclass
 class MonitorConfig:
     every_epochs: int = 0             # 0: no online evaluation
+    at_start: bool = False            # also before the first step: the random-init baseline
     knn: bool = True
     knn_k: int = 20
     knn_temperature: float = 0.07
