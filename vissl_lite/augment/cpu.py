@@ -22,12 +22,17 @@ and lightly's code use) where the GPU path's kernel (10% of the view) spans +-3 
 that kernel is the untruncated Gaussian; where it truncates it (small views, large sigma) the
 exact truncated kernel runs (torchvision's ``gaussian_blur``), as on the GPU path.
 
-Why (measured, one thread, 224-px views of 256-px JPEGs; docs/benchmarks.md has the end-to-end
-table): the previous pipeline converted to a tensor first and ran torchvision v2 ops on it:
-``ColorJitter`` 4.2 ms per view against 1.5 ms on the PIL image (hue 3.6 against 1.1 ms), a
-23-tap blur 6.1 ms against PIL's 1.1 ms, grayscale 77 against 48 us, solarise 172 against 80 us.
-At 32 px per-op Python overhead dominates: the v2 transform objects cost 10-50 us each, so the ops
-here are plain function calls and one RNG call per view.
+Why (measured on the 2-core machine, one thread, 224-px views of 256-px JPEGs unless said): the
+previous pipeline converted to a tensor first and ran torchvision v2 ops on it: ``ColorJitter``
+took 4.2 ms a view against 1.5 ms on the PIL image (hue 3.6 against 1.1 ms), the 23-tap blur
+6.1 ms against PIL's 1.1 ms, grayscale 77 against 48 us. At 32 px the Python overhead per op is
+the cost: v2's ``RandomResizedCrop`` took 29 us against 10 us for the PIL resize it runs, its
+``ColorJitter`` 133 us against 88 us for its four PIL functions, and ``ImageOps.solarize`` 38 us
+(a Python table each call) against 4 us for ``min(x, 255 - x)``; so the ops here are plain calls
+and one RNG call per view. Two views per image (loaded machine, same runs): 7.3 against lightly's
+9.5-9.8 ms at 224 px and 0.28 against 0.96 ms at 32 px (old: 18 and 1.6 ms); end to end with 2
+DataLoader workers 1.17-1.40x lightly's images/s at 224 px and 2.3-3.0x at 32 px
+(docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -123,9 +128,10 @@ def saturation(image: Image.Image, factor: float) -> Image.Image:
 
 def hue(image: Image.Image, shift: float) -> Image.Image:
     """torchvision's PIL ``adjust_hue``: the H band (256 steps a turn) moved by int(shift * 255)."""
-    h, s, v = image.convert("HSV").split()
-    h = Image.fromarray(np.asarray(h) + np.uint8(int(shift * 255) % 256), "L")
-    return Image.merge("HSV", (h, s, v)).convert("RGB")
+    hsv = bytearray(image.convert("HSV").tobytes())
+    band = np.frombuffer(hsv, dtype=np.uint8)[0::3]
+    band += np.uint8(int(shift * 255) % 256)      # in place, wrapping around the circle
+    return Image.frombytes("HSV", image.size, hsv).convert("RGB")
 
 
 def solarize(image: Image.Image) -> Image.Image:
