@@ -7,7 +7,7 @@ from 256-px JPEGs (``data_throughput.py``'s folder, made on first use) against l
 defaults on both sides). Rows alternate within each of ``--repeat`` rounds, so a busy machine
 slows both alike; the ratio is per round, the range is over rounds.
 
-    PYTHONPATH=.:/work/main/.oracles python benchmarks/cpu_views.py --repeat 5
+    PYTHONPATH=.:/tmp/lightly_site python benchmarks/cpu_views.py --repeat 5   # lightly: _common.py
 """
 from __future__ import annotations
 
