@@ -4,17 +4,19 @@ The data: CIFAR-10 training images upscaled to 256x256 (bicubic) and saved as JP
 in an ImageFolder tree, ``--num`` of them (class-balanced), generated once into ``--work``. Each
 path turns files into SimCLR's two 224-px views (crop, flip, colour jitter, grayscale, blur,
 normalise) in a DataLoader with ``--workers`` processes; "images/s" counts source images (each
-yields both views), after one warm-up batch.
+yields both views), after one warm-up batch. ``--view-size 32`` instead re-saves the CIFAR images
+at 32x32 and makes the recipe's CIFAR views (jitter strength 0.5, no blur; lightly's
+``SimCLRTransform(input_size=32, cj_strength=0.5, gaussian_blur=0.0)``).
 
     python benchmarks/data_throughput.py --data ../shared/datasets/cifar10-jpeg.tar.gz
     PYTHONPATH=/tmp/lightly_site python benchmarks/data_throughput.py --workers 0 2    # + lightly
 
 Paths:
-  folder      vissl_lite's CPU path: ImageFolder files -> PIL decode -> torchvision v2 views
-              (CPULoader, per-sample seeded views), what ``augment.path=cpu`` trains with.
+  folder      vissl_lite's CPU path: ImageFolder files -> PIL decode -> PIL-op views
+              (augment/cpu.py; CPULoader, per-sample seeded), what ``augment.path=cpu`` trains with.
   shards      the same views from tar shards (``data.name=shards``, ``vissl-lite shard``).
-  lightly     lightly 1.6's ``SimCLRTransform(input_size=224)`` over torchvision's ImageFolder in
-              a plain DataLoader (only when lightly is importable).
+  lightly     lightly 1.6's ``SimCLRTransform(input_size=224)`` (the CIFAR settings above at 32)
+              over torchvision's ImageFolder in a plain DataLoader (only when lightly imports).
   hybrid      ``data.gpu_decode=true``: workers read bytes, ``decode_jpeg`` of the batch and the
               batched GPU views on the device (CUDA when present, else CPU tensors, labelled).
   decode      PIL decode alone (``Image.open().convert("RGB")``), the floor of every CPU path.
@@ -91,16 +93,20 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--steps", type=int, default=8, help="timed batches per measurement")
+    ap.add_argument("--view-size", type=int, default=224, choices=[224, 32],
+                    help="224: views of 256-px JPEGs; 32: CIFAR views of 32-px JPEGs")
     ap.add_argument("--paths", nargs="+", default=["decode", "folder", "shards", "hybrid",
                                                    "lightly"])
     args = ap.parse_args()
 
     work = Path(args.work)
-    folder = make_folder(args.data, work / "jpeg", args.num)
-    shards = work / "shards"
+    size = args.view_size
+    source = 256 if size == 224 else 32
+    folder = make_folder(args.data, work / ("jpeg" if size == 224 else "jpeg32"), args.num, source)
+    shards = work / ("shards" if size == 224 else "shards32")
     if not (shards / "index.json").is_file():
         write_shards(build_dataset({"root": str(folder)}, "train"), shards, shard_size=100)
-    views = build_cpu_views(ViewSpec("simclr", 2, 0), None, 224)
+    views = build_cpu_views(ViewSpec("simclr", 2, 0), None, size)
     dataset = build_dataset({"root": str(folder)}, "train")
     try:
         from lightly.transforms import SimCLRTransform
@@ -108,7 +114,8 @@ def main() -> None:
     except ImportError:
         SimCLRTransform = None
 
-    print(f"{len(dataset)} JPEGs of 256x256 in {folder}; SimCLR 2 views at 224; batch "
+    lightly_kw = {} if size == 224 else dict(cj_strength=0.5, gaussian_blur=0.0)
+    print(f"{len(dataset)} JPEGs of {source}x{source} in {folder}; SimCLR 2 views at {size}; batch "
           f"{args.batch_size}; {os.cpu_count()} CPU cores; torch {torch.__version__}")
     print(f"{'path':<14} {'workers':>7} {'images/s':>9}")
     for workers in args.workers:
@@ -122,11 +129,12 @@ def main() -> None:
         }
         device = "cuda" if torch.cuda.is_available() else "cpu"
         rows["hybrid"] = lambda: _epoch(HybridLoader(
-            dataset, build_gpu_views(ViewSpec("simclr", 2, 0), None, 224), args.batch_size, 256,
+            dataset, build_gpu_views(ViewSpec("simclr", 2, 0), None, size), args.batch_size, source,
             seed=0, num_workers=workers, device=device))
         if SimCLRTransform is not None:
             rows["lightly"] = lambda: DataLoader(
-                ImageFolder(str(folder / "train"), transform=SimCLRTransform(input_size=224)),
+                ImageFolder(str(folder / "train"),
+                            transform=SimCLRTransform(input_size=size, **lightly_kw)),
                 batch_size=args.batch_size, shuffle=True, num_workers=workers, drop_last=True)
         for name, make in rows.items():
             if name not in args.paths:

@@ -1,6 +1,7 @@
 """Shared fixtures: the real CIFAR-10 JPEG archive (../shared/datasets) extracted once per session."""
 from __future__ import annotations
 
+import io
 import logging
 import os
 import subprocess
@@ -11,6 +12,7 @@ from typing import Optional
 
 import pytest
 import torch
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = Path("shared") / "datasets" / "cifar10-jpeg.tar.gz"
@@ -79,3 +81,19 @@ def cifar_root(cifar_archive, tmp_path_factory) -> Path:
     with tarfile.open(cifar_archive) as tar:
         tar.extractall(out, filter="data")
     return out / "cifar10-jpeg"
+
+
+@pytest.fixture(scope="session")
+def cifar_images(cifar_archive):
+    """32 real CIFAR-10 training images of all classes (PIL), streamed from the archive."""
+    images, seen = [], 0
+    with tarfile.open(cifar_archive, "r|gz") as tar:
+        for member in tar:
+            if member.isfile() and "/train/" in member.name and member.name.endswith(".jpg"):
+                if seen % 1500 == 0:
+                    data = io.BytesIO(tar.extractfile(member).read())
+                    images.append(Image.open(data).convert("RGB"))
+                seen += 1
+                if len(images) == 32:
+                    break
+    return images

@@ -1,14 +1,11 @@
 """View pipelines: shapes, recipe defaults, GPU ops vs torchvision, sampled distributions vs p."""
 from __future__ import annotations
 
-import io
 import math
-import tarfile
 
 import pytest
 import torch
 from omegaconf import OmegaConf
-from PIL import Image
 from torchvision import transforms as T1
 from torchvision.transforms.v2 import functional as TF
 
@@ -25,22 +22,6 @@ SPECS = [ViewSpec("simclr", 2, 0), ViewSpec("byol", 2, 0), ViewSpec("dino", 2, 6
 def cfg(**kw):
     """An ``augment`` section as the trainer passes it: a DictConfig of the schema."""
     return OmegaConf.merge(OmegaConf.structured(AugmentConfig), kw)
-
-
-@pytest.fixture(scope="module")
-def cifar_images(cifar_archive):
-    """32 real CIFAR-10 training images of all classes, streamed from the archive."""
-    images, seen = [], 0
-    with tarfile.open(cifar_archive, "r|gz") as tar:
-        for member in tar:
-            if member.isfile() and "/train/" in member.name and member.name.endswith(".jpg"):
-                if seen % 1500 == 0:
-                    data = io.BytesIO(tar.extractfile(member).read())
-                    images.append(Image.open(data).convert("RGB"))
-                seen += 1
-                if len(images) == 32:
-                    break
-    return images
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 - ``ViewSpec`` (spec.py): what a method asks for: a recipe and its numbers of global/local views.
 - ``resolve_views`` (recipes.py): the recipe's published defaults, overridden by the config.
-- ``build_cpu_views`` (cpu.py): torchvision.transforms.v2, one image at a time, in DataLoader workers.
+- ``build_cpu_views`` (cpu.py): PIL ops on uint8 images, one image at a time, in DataLoader workers.
 - ``build_gpu_views`` (gpu.py): whole uint8 batches on the device, per-sample random parameters
   (crop boxes: boxes.py; colour ops: color.py; label-preserving crops: crops.py).
 - ``random_patch_mask`` / ``block_masks`` / ``BlockMaskSampler`` (masks.py): MAE and I-JEPA

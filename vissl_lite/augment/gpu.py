@@ -4,7 +4,7 @@ On a fast accelerator the per-image CPU pipeline becomes the bottleneck of SSL t
 ten views of every image per step). Here the data set is held as uint8 tensors on the device and
 each batch is augmented with a handful of batched kernels: every sample gets its own crop box,
 flip, colour-jitter factors and order, grayscale, blur sigma and solarisation, drawn from the same
-distributions as the torchvision pipeline in ``cpu.py``:
+distributions as the per-image PIL pipeline in ``cpu.py`` (it reads the same uniforms):
 
 - crops: boxes sampled exactly like ``RandomResizedCrop.get_params`` (10 tries of area scale and
   log-aspect, integer boxes, centre-crop fallback), vectorised over the batch, then one
@@ -21,8 +21,10 @@ call or loop over samples, and DALI is a separate runtime with its own samplers;
 per-sample random parameters to a whole batch in a few kernels while sampling torchvision's
 distributions. Differences from the CPU path, all small: resizing is bilinear (bicubic for MAE)
 without antialiasing (crops are mostly upsampled, so this only matters when a crop shrinks by more
-than ~2x), bicubic's outer pixel ring may read the pixels just outside the crop box, and the ops
-run in float instead of rounding to uint8 after each op.
+than ~2x), bicubic's outer pixel ring may read the pixels just outside the crop box, the ops
+run in float instead of rounding to uint8 after each op (the CPU path's hue goes through PIL's
+8-bit HSV), and the CPU path blurs with PIL's box approximation of the Gaussian where the kernel
+spans +-3 sigma.
 
 The same code runs on CPU tensors (it is tested there) and on CUDA. A call never waits for the
 device: probabilities, ranges, gray weights and mean/std are Python numbers, per-sample choices

@@ -1,7 +1,7 @@
 """Resolve a ``ViewSpec`` and the ``augment`` config into concrete per-view parameters.
 
-Both pipelines (``cpu.py`` with torchvision.transforms.v2, ``gpu.py`` batched on the device) read
-the same ``ViewParams``, so they sample the same distributions. A null config value falls back to
+Both pipelines (``cpu.py`` with PIL ops per image, ``gpu.py`` batched on the device) read the
+same ``ViewParams``, so they sample the same distributions. A null config value falls back to
 the recipe's published default for the input size; "small" means inputs of at most 64 pixels
 (CIFAR, Tiny-ImageNet), "large" everything else (STL-10 at 96, ImageNet at 224).
 
