@@ -13,6 +13,7 @@ from torch import nn
 
 from _helpers import TinyNet
 from vissl_lite.backbones import build_backbone
+from vissl_lite.errors import AugmentError
 from vissl_lite.methods.dino import DINO, dino_loss, update_center
 from vissl_lite.methods.heads import DINOHead
 
@@ -98,6 +99,11 @@ def test_teacher_has_no_stochastic_depth_but_keeps_the_students_mode():
     torch.testing.assert_close(a, b)
     assert not torch.allclose(*student)                       # the student still drops paths
     torch.testing.assert_close(a, method.backbone.eval()(x))  # same weights, nothing dropped
+
+
+def test_one_view_is_one_clear_error():
+    with pytest.raises(AugmentError, match="DINO needs 2 global crops"):
+        _method().training_step({"views": _crops(n_local=0)[:1]})
 
 
 def test_ema_update_matches_formula():

@@ -25,6 +25,7 @@ from torch import nn
 
 from vissl_lite.augment.spec import ViewSpec
 from vissl_lite.distributed import all_reduce_mean
+from vissl_lite.errors import AugmentError
 from vissl_lite.methods.ema import ema_update, teacher_copy
 from vissl_lite.methods.base import Method, StepOutput
 from vissl_lite.methods.heads import DINOHead
@@ -150,13 +151,18 @@ class DINO(Method):
                 self._epoch(self.steps_done_int), c.warmup_teacher_temp, c.teacher_temp,
                 c.warmup_teacher_temp_epochs))
 
-    def training_step(self, batch: Dict[str, Any]) -> StepOutput:
+    def _crops_and_temperature(self, batch: Dict[str, Any]):
+        """The batch's crops (the 2 global ones first) and this step's teacher temperature."""
         crops = batch["views"]
         if len(crops) < 2:
-            raise ValueError(f"DINO needs 2 global crops (+ local crops), got {len(crops)} views")
-        c = self.cfg
+            raise AugmentError(f"{type(self).__name__} needs 2 global crops (+ local crops), got "
+                               f"{len(crops)} views; use the method's own view recipe")
         self._epoch(0)  # fails clearly before setup()
-        temp = self.current_teacher_temp
+        return crops, self.current_teacher_temp
+
+    def training_step(self, batch: Dict[str, Any]) -> StepOutput:
+        crops, temp = self._crops_and_temperature(batch)
+        c = self.cfg
         with torch.no_grad():
             teacher_features, teacher_out = _forward_by_resolution(
                 self.teacher_backbone, self.teacher_head, crops[:2])

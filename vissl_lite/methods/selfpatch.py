@@ -227,12 +227,8 @@ class SelfPatch(DINO):
         return self.head(self.aggregator(patches)), self.patch_head(self.aggregator.norm(patches))
 
     def training_step(self, batch: Dict[str, Any]) -> StepOutput:
-        crops = batch["views"]
-        if len(crops) < 2:
-            raise ValueError(f"SelfPatch needs 2 global crops (+ local crops), got {len(crops)} views")
+        crops, temp = self._crops_and_temperature(batch)
         c = self.cfg
-        self._epoch(0)  # fails clearly before setup()
-        temp = self.current_teacher_temp
         groups = [torch.cat(list(crops[:2]))] + ([torch.cat(list(crops[2:]))] if len(crops) > 2 else [])
         with torch.no_grad():
             teacher = [self._teacher(x) for x in groups]
