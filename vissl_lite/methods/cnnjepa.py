@@ -24,7 +24,6 @@ returns, pooled as the ResNet pools.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -34,7 +33,7 @@ from torch import nn
 
 from vissl_lite.augment.masks import BlockMaskSampler
 from vissl_lite.augment.spec import ViewSpec
-from vissl_lite.methods.ema import ema_update
+from vissl_lite.methods.ema import ema_update, teacher_copy
 from vissl_lite.schedules import linear_schedule
 from vissl_lite.errors import ConfigError
 from vissl_lite.methods.base import Method, StepOutput
@@ -142,7 +141,7 @@ class CNNJEPA(Method):
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.predictor = ConvPredictor(channels, c.predictor_depth, c.predictor_kernel,
                                        c.predictor_hidden or None)
-        self.target_encoder = copy.deepcopy(backbone).requires_grad_(False)
+        self.target_encoder = teacher_copy(backbone)
         self.momentum = float(c.momentum_start)
         # built once (it sizes its fixed mask counts by sampling on the host), never in a step
         self.mask_sampler = BlockMaskSampler(

@@ -32,7 +32,6 @@ DINOv2's default config does (its ViT-g config separates them, as here by defaul
 """
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Sequence
@@ -44,7 +43,7 @@ from torch import nn
 from vissl_lite.augment.masks import random_patch_mask
 from vissl_lite.augment.spec import ViewSpec
 from vissl_lite.distributed import all_reduce_mean, world_size
-from vissl_lite.methods.ema import ema_update
+from vissl_lite.methods.ema import ema_update, teacher_copy
 from vissl_lite.errors import ConfigError
 from vissl_lite.methods.base import Method, StepOutput
 from vissl_lite.methods.dino import teacher_temperature, update_center
@@ -167,13 +166,13 @@ class DINOv2(Method):
         dim = backbone.embed_dim
         self.mask_token = nn.Parameter(torch.zeros(1, dim))
         self.head = DINOHead(dim, c.out_dim, c.hidden_dim, c.bottleneck_dim, c.head_layers)
-        self.teacher_backbone = copy.deepcopy(backbone).requires_grad_(False)
-        self.teacher_head = copy.deepcopy(self.head).requires_grad_(False)
+        self.teacher_backbone = teacher_copy(backbone)
+        self.teacher_head = teacher_copy(self.head)
         patch_dim = c.patch_out_dim if c.separate_patch_head else c.out_dim
         if c.separate_patch_head:
             self.patch_head = DINOHead(dim, c.patch_out_dim, c.hidden_dim, c.bottleneck_dim,
                                        c.head_layers)
-            self.teacher_patch_head = copy.deepcopy(self.patch_head).requires_grad_(False)
+            self.teacher_patch_head = teacher_copy(self.patch_head)
         else:  # one set of prototypes for CLS and patch tokens (DINOv2's default config)
             self.patch_head, self.teacher_patch_head = self.head, self.teacher_head
         self.register_buffer("center", torch.zeros(1, c.out_dim))
@@ -189,7 +188,7 @@ class DINOv2(Method):
     def train(self, mode: bool = True) -> "DINOv2":
         super().train(mode)
         for teacher in (self.teacher_backbone, self.teacher_head, self.teacher_patch_head):
-            teacher.eval()  # no drop-path in the teacher
+            teacher.eval()  # never trained (teacher_copy already turned its drop-path off)
         return self
 
     # -- schedules -----------------------------------------------------------------------

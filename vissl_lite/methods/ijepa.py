@@ -22,7 +22,6 @@ CLS token. ``self.backbone`` is the context encoder.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -34,7 +33,7 @@ from torch import nn
 from vissl_lite.augment.masks import BlockMasks, BlockMaskSampler
 from vissl_lite.augment.spec import ViewSpec
 from vissl_lite.errors import ConfigError
-from vissl_lite.methods.ema import ema_update
+from vissl_lite.methods.ema import ema_update, teacher_copy
 from vissl_lite.schedules import cosine_schedule, linear_schedule
 from vissl_lite.methods.base import Method, StepOutput
 from vissl_lite.methods.vit_blocks import TransformerStack, fixed_pos_embed, gather_tokens
@@ -116,7 +115,7 @@ class IJEPA(Method):
         self.grid_size = tuple(int(g) for g in backbone.grid_size)
         self.predictor = JEPAPredictor(backbone.embed_dim, self.grid_size, dim=cfg.predictor_dim,
                                        depth=cfg.predictor_depth, num_heads=cfg.predictor_heads)
-        self.target_encoder = copy.deepcopy(backbone).requires_grad_(False).eval()
+        self.target_encoder = teacher_copy(backbone).eval()
         self.momentum = float(cfg.momentum_start)
         # the logged momentum lives on the device so that the compiled step never sees a new
         # Python constant (which would recompile it at every step)
@@ -128,7 +127,7 @@ class IJEPA(Method):
 
     def train(self, mode: bool = True) -> "IJEPA":
         super().train(mode)
-        self.target_encoder.eval()  # the EMA encoder is never trained (no drop-path on targets)
+        self.target_encoder.eval()  # the EMA encoder is never trained (teacher_copy: no drop-path)
         return self
 
     def sample_masks(self, batch: int, device: torch.device,

@@ -38,7 +38,6 @@ arithmetic, so shapes stay fixed and no host data enters the step.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -51,7 +50,7 @@ from vissl_lite.errors import ConfigError
 from vissl_lite.methods.base import StepOutput
 from vissl_lite.methods.dino import DINO, DINOConfig, update_center
 from vissl_lite.methods.dinov2 import cross_entropy_pairs, ibot_patch_loss
-from vissl_lite.methods.ema import ema_update
+from vissl_lite.methods.ema import ema_update, teacher_copy
 from vissl_lite.methods.heads import DINOHead
 from vissl_lite.methods.vit_blocks import gather_tokens
 from vissl_lite.registry import METHODS
@@ -191,8 +190,8 @@ class SelfPatch(DINO):
         self.aggregator = PatchAggregator(dim, backbone.blocks[0].attn.num_heads, c.aggregator_depth)
         self.patch_head = DINOHead(dim, c.patch_out_dim, c.hidden_dim, c.bottleneck_dim,
                                    c.head_layers, c.use_bn_in_head, c.norm_last_layer)
-        self.teacher_aggregator = copy.deepcopy(self.aggregator).requires_grad_(False)
-        self.teacher_patch_head = copy.deepcopy(self.patch_head).requires_grad_(False)
+        self.teacher_aggregator = teacher_copy(self.aggregator)
+        self.teacher_patch_head = teacher_copy(self.patch_head)
         self.register_buffer("patch_center", torch.zeros(1, c.patch_out_dim))
         index, valid = neighbour_table(*backbone.grid_size)
         self.register_buffer("neighbour_index", index, persistent=False)
@@ -200,7 +199,7 @@ class SelfPatch(DINO):
 
     def train(self, mode: bool = True) -> "SelfPatch":
         super().train(mode)
-        self.teacher_backbone.eval()  # no drop-path in the teacher (the official one has none)
+        self.teacher_backbone.eval()  # never trained (teacher_copy already turned its drop-path off)
         return self
 
     def _neighbours(self, grid: Tuple[int, int], device) -> Tuple[torch.Tensor, torch.Tensor]:
