@@ -49,6 +49,7 @@ class LARS(torch.optim.Optimizer):
                 loss = closure()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
+        skip = None if found_inf is None else found_inf.ne(0)
         for group in self.param_groups:
             params = [w for w in group["params"] if w.grad is not None]
             if not params:
@@ -56,8 +57,8 @@ class LARS(torch.optim.Optimizer):
             grads = [w.grad for w in params]
             if grad_scale is not None:
                 grads = torch._foreach_div(grads, grad_scale)
-            if found_inf is not None:
-                grads = [g.masked_fill(found_inf.ne(0), 0) for g in grads]
+            if skip is not None:
+                grads = [g.masked_fill(skip, 0) for g in grads]
             if not group["lars_exclude"]:
                 grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
                 w_norm = torch.stack(torch._foreach_norm(params))
@@ -66,12 +67,12 @@ class LARS(torch.optim.Optimizer):
                                     torch.ones_like(w_norm))
                 torch._foreach_mul_(grads, trust.unbind(0))
             mus = [self._momentum_buffer(w) for w in params]
-            if found_inf is None:
+            if skip is None:
                 torch._foreach_mul_(mus, group["momentum"])
                 torch._foreach_add_(mus, grads)
                 torch._foreach_add_(params, mus, alpha=-group["lr"])
             else:  # mu <- keep * (momentum mu + g) + (1 - keep) mu, exact for keep in {0, 1}
-                keep = found_inf.eq(0).to(mus[0].dtype)
+                keep = (~skip).to(mus[0].dtype)
                 moved = torch._foreach_add(torch._foreach_mul(mus, group["momentum"]), grads)
                 torch._foreach_mul_(moved, keep)
                 torch._foreach_mul_(mus, 1 - keep)
