@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from PIL import Image
 from omegaconf import OmegaConf
 from torchvision import transforms as T1
 from torchvision.transforms.v2 import functional as TF
@@ -113,6 +114,32 @@ def test_identity_views_agree_between_paths_and_normalise_cifar(cifar_images, ci
     torch.testing.assert_close(gpu_views[0] * std + mean, cifar_batch.float() / 255, atol=1e-5, rtol=0)
     channel_mean = gpu_views[0].mean(dim=(0, 2, 3))
     assert channel_mean.abs().max() < 0.25  # real CIFAR images normalised by CIFAR statistics
+
+
+def test_interpolation_config_resizes_bicubically_on_both_paths(cifar_images, cifar_batch):
+    """augment.interpolation=bicubic (BYOL, VICReg, Barlow Twins, DINO): the CPU path resizes with
+    PIL's bicubic filter, the GPU path's grid_sample follows it more closely than bilinear does."""
+    off = dict(global_scale=[1.0, 1.0], flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=[0.0],
+               solarize_p=[0.0], global_size=48, mean=[0.0] * 3, std=[1.0] * 3)
+    assert resolve_views(ViewSpec("byol"), cfg(**off), 32)[0].interpolation == "bilinear"
+    views = resolve_views(ViewSpec("dino", 2, 2), cfg(interpolation="bicubic", **off), 32)
+    assert [v.interpolation for v in views] == ["bicubic"] * 4
+    with pytest.raises(AugmentConfigError, match=r"augment\.interpolation='nearest'"):
+        resolve_views(ViewSpec("byol"), cfg(interpolation="nearest"), 32)
+    images = cifar_images[:4]
+    out = {}
+    for mode in ("bilinear", "bicubic"):
+        cpu = build_cpu_views(ViewSpec("byol"), cfg(interpolation=mode, **off), 32)
+        out["cpu", mode] = torch.stack([cpu(im)[0] for im in images])
+        out["gpu", mode] = build_gpu_views(ViewSpec("byol"), cfg(interpolation=mode, **off), 32)(
+            cifar_batch[:4])[0]
+    resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+    for mode in ("bilinear", "bicubic"):
+        expected = torch.stack([TF.pil_to_tensor(im.resize((48, 48), resample[mode])) for im in images])
+        torch.testing.assert_close(out["cpu", mode], expected.float() / 255, atol=1e-6, rtol=0)
+    assert not torch.allclose(out["cpu", "bicubic"], out["cpu", "bilinear"], atol=1e-3)
+    err = {m: (out["gpu", "bicubic"] - out["cpu", m]).abs().mean() for m in ("bilinear", "bicubic")}
+    assert err["bicubic"] < 0.5 * err["bilinear"], err
 
 
 # ----------------------------------------------------------- GPU ops against torchvision -------

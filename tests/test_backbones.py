@@ -120,6 +120,23 @@ def test_cifar_stem_is_a_3x3_stride_1_conv_without_maxpool_and_keeps_resolution(
     assert sizes[False] == (8, 8)
 
 
+@pytest.mark.parametrize("name,last_bn", [("resnet18", "bn2"), ("resnet50", "bn3")])
+def test_zero_init_residual_zeroes_the_last_bn_scale_of_every_block(name, last_bn):
+    """Barlow Twins, VICReg and MoCo v3 build torchvision's ResNet-50 with zero_init_residual=True:
+    each block starts as the identity (its last BN's gamma is 0), every other BN's gamma is 1."""
+    cfg = OmegaConf.create({"name": name, "zero_init_residual": True})
+    for zero in (False, True):
+        model = build_backbone_from_config(cfg if zero else {"name": name})
+        blocks = [b for layer in (model.layer1, model.layer2, model.layer3, model.layer4) for b in layer]
+        assert len(blocks) == (8 if name == "resnet18" else 16)
+        for block in blocks:
+            for bn_name, bn in block.named_modules():
+                if isinstance(bn, torch.nn.BatchNorm2d):
+                    expected = 0.0 if zero and bn_name == last_bn else 1.0
+                    assert torch.all(bn.weight == expected), (zero, bn_name)
+        assert torch.all(model.bn1.weight == 1.0)
+
+
 def test_drop_path_rate_reaches_timm_blocks():
     model = build_backbone("vit_tiny_patch8", drop_path_rate=0.2)
     rates = [getattr(block.drop_path1, "drop_prob", 0.0) for block in model.blocks]

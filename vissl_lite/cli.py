@@ -31,6 +31,7 @@ from vissl_lite.errors import VisslLiteError
 from vissl_lite.eval.cli import add_eval_arguments, run_eval_cli
 from vissl_lite.export import export_backbone
 from vissl_lite.presets import list_presets
+from vissl_lite.recipe_cards import read_card, recipes_markdown
 from vissl_lite.registry import ALL_REGISTRIES, EVALUATORS, METHODS
 
 
@@ -68,7 +69,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     if wanted in (None, "preset"):
         print("presets:")
         for name, path in list_presets().items():
-            print(f"  {name:<32} {_display(path)}")
+            card = read_card(path)
+            listed = f" ({len(card.deviations)} deviations listed)" if card.deviations else ""
+            print(f"  {name:<32} {_display(path)}\n  {'':<32} source: {card.source or '(no recipe card)'}{listed}")
     return 0
 
 
@@ -80,6 +83,15 @@ def cmd_methods_table(args: argparse.Namespace) -> int:
         presets = ", ".join(f"`{p}`" for p in list_presets(name)) or "-"
         print(f"| `{name}` | {METHODS.describe(name)} | {backbones} | {presets} |")
     return 0
+
+
+def cmd_list_markdown(args: argparse.Namespace) -> int:
+    if not args.markdown:
+        return cmd_list(args)
+    if args.what == "presets":
+        print(recipes_markdown())
+        return 0
+    return cmd_methods_table(args)
 
 
 def _display(path: Path) -> str:
@@ -171,8 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", nargs="?", choices=["methods", "backbones", "datasets", "evaluators",
                                                "presets"])
     p.add_argument("--markdown", action="store_true",
-                   help="with 'methods': the Markdown table of methods and their presets")
-    p.set_defaults(func=lambda a: cmd_methods_table(a) if a.markdown else cmd_list(a))
+                   help="with 'methods': the Markdown table of methods and their presets; with "
+                        "'presets': docs/recipes.md's table of sources and deviations")
+    p.set_defaults(func=cmd_list_markdown)
     return parser
 
 

@@ -26,6 +26,8 @@ class AugmentConfig:
     local_blur_p: Optional[float] = None       # multi-crop local views
     blur_sigma: Optional[List[float]] = None   # (min, max) of the Gaussian's sigma in pixels
     solarize_p: Optional[List[float]] = None   # one probability per global view (or one for all)
+    interpolation: Optional[str] = None        # bilinear | bicubic resizing of every view (null:
+    #                                            the recipe's: bicubic for MAE, bilinear otherwise)
     crop: Optional[str] = None                 # global views: rrc (random resized, default) | gcc |
     #                                            cgcc | mgcc (Gaussian-centred, augment/crops.py)
     crop_frac: Optional[float] = None          # gcc/cgcc/mgcc: crop side / image side (fixed size)

@@ -32,6 +32,9 @@ Small inputs (<= 64 px):
           lightly's ``DINOTransform(global_crop_size=32, local_crop_size=16)``.
 - mae / ijepa as for large inputs.
 
+Resizing is bilinear but for MAE (bicubic); ``augment.interpolation=bicubic`` follows the sources
+that resize bicubically (the BYOL, Barlow Twins, VICReg, DINO and DINOv2 ImageNet code).
+
 Crops of the global views: random resized crops (``augment.crop=rrc``, the recipes above), or the
 label-preserving Gaussian-centred crops of Hassan et al. 2025 (arXiv:2504.19824; ``gcc``,
 ``cgcc``, ``mgcc`` with ``augment.crop_frac`` and ``augment.crop_alpha``, see ``crops.py``).
@@ -58,6 +61,7 @@ DATASET_STATS = {
 }
 
 CROP_MODES = ("rrc", "gcc", "cgcc", "mgcc")      # global views' crop (see crops.py)
+INTERPOLATIONS = ("bilinear", "bicubic")          # resizing; both pipelines offer both
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,10 @@ def resolve_views(spec: ViewSpec, aug_cfg: Any = None, image_size: int = 224,
     solarize_ps = _per_view("solarize_p", _get(aug_cfg, "solarize_p"), list(recipe.solarize_p),
                             n_glob)
 
+    interpolation = _get(aug_cfg, "interpolation") or recipe.interpolation
+    if interpolation not in INTERPOLATIONS:
+        _fail("interpolation", interpolation, f"choose one of {', '.join(INTERPOLATIONS)}")
+
     mean, std = default_mean_std(dataset, image_size)
     mean = tuple(float(v) for v in (_get(aug_cfg, "mean") or mean))
     std = tuple(float(v) for v in (_get(aug_cfg, "std") or std))
@@ -201,7 +209,7 @@ def resolve_views(spec: ViewSpec, aug_cfg: Any = None, image_size: int = 224,
         jitter=jitter,
         grayscale_p=p("grayscale_p", recipe.grayscale_p),
         blur_sigma=_pair("blur_sigma", _get(aug_cfg, "blur_sigma") or (0.1, 2.0)),
-        interpolation=recipe.interpolation,
+        interpolation=interpolation,
         mean=mean, std=std,
     )
     views = [ViewParams(size=global_size, scale=global_scale, blur_p=blur_ps[i],

@@ -9,6 +9,8 @@ from typing import Optional
 class BackboneConfig:
     name: str = "resnet18"            # a name from ``vissl-lite list`` (backbones)
     cifar_stem: bool = False          # ResNets: 3x3 stride-1 first conv and no max-pool (32x32 input)
+    zero_init_residual: bool = False  # ResNets: each block's last BN scale starts at 0 (Goyal et al.
+    #                                   2017; Barlow Twins, VICReg and MoCo v3 train so)
     img_size: Optional[int] = None    # ViTs: input resolution; null = the data's image size
     drop_path_rate: float = 0.0
     global_pool: str = "avg"          # ViTs: "avg" of patch tokens or "token" (CLS)

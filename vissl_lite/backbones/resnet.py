@@ -3,7 +3,9 @@
 The CIFAR stem (a 3x3 stride-1 first convolution and no max-pool, as in SimCLR's CIFAR-10
 experiments, Chen et al. 2020, Appendix B.9, and solo-learn) keeps 32x32 inputs at full resolution
 through the first stage instead of shrinking them to 8x8. Subclassing torchvision's ``ResNet``
-keeps its parameter names, so torchvision state dicts load as they are.
+keeps its parameter names, so torchvision state dicts load as they are. ``zero_init_residual``
+starts each residual block as the identity (its last BN scale at 0; Goyal et al. 2017), as the
+Barlow Twins, VICReg and MoCo v3 reference code builds its ResNet-50.
 """
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ class ResNet(_TorchvisionResNet):
     family = "resnet"
 
     def __init__(self, block: Type[Union[BasicBlock, Bottleneck]], layers: Sequence[int],
-                 cifar_stem: bool = False, name: str = "resnet"):
-        super().__init__(block, list(layers))
+                 cifar_stem: bool = False, name: str = "resnet", zero_init_residual: bool = False):
+        super().__init__(block, list(layers), zero_init_residual=zero_init_residual)
         self.arch_name = name
         self.num_features = self.fc.in_features
         self.fc = nn.Identity()
@@ -32,13 +34,13 @@ class ResNet(_TorchvisionResNet):
             self.maxpool = nn.Identity()
 
 
-def resnet18(cifar_stem: bool = False, name: str = "resnet18") -> ResNet:
-    return ResNet(BasicBlock, (2, 2, 2, 2), cifar_stem, name)
+def resnet18(cifar_stem: bool = False, name: str = "resnet18", zero_init_residual: bool = False) -> ResNet:
+    return ResNet(BasicBlock, (2, 2, 2, 2), cifar_stem, name, zero_init_residual)
 
 
-def resnet34(cifar_stem: bool = False, name: str = "resnet34") -> ResNet:
-    return ResNet(BasicBlock, (3, 4, 6, 3), cifar_stem, name)
+def resnet34(cifar_stem: bool = False, name: str = "resnet34", zero_init_residual: bool = False) -> ResNet:
+    return ResNet(BasicBlock, (3, 4, 6, 3), cifar_stem, name, zero_init_residual)
 
 
-def resnet50(cifar_stem: bool = False, name: str = "resnet50") -> ResNet:
-    return ResNet(Bottleneck, (3, 4, 6, 3), cifar_stem, name)
+def resnet50(cifar_stem: bool = False, name: str = "resnet50", zero_init_residual: bool = False) -> ResNet:
+    return ResNet(Bottleneck, (3, 4, 6, 3), cifar_stem, name, zero_init_residual)

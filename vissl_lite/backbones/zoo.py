@@ -27,10 +27,11 @@ VIT_PATCHES = {4: 32, 8: 32, 16: 224}  # patch size -> the input size it is mean
 
 
 def _resnet_builder(name: str) -> Callable[..., nn.Module]:
-    def build(*, cifar_stem: bool = False) -> nn.Module:
+    def build(*, cifar_stem: bool = False, zero_init_residual: bool = False) -> nn.Module:
         from vissl_lite.backbones import resnet
 
-        return getattr(resnet, name)(cifar_stem=cifar_stem, name=name)
+        return getattr(resnet, name)(cifar_stem=cifar_stem, name=name,
+                                     zero_init_residual=zero_init_residual)
 
     build.family = "resnet"
     return build
@@ -102,7 +103,7 @@ def _get_builder(name: str, key_prefix: str = "") -> Callable[..., nn.Module]:
 
 def build_backbone(name: str, pretrained_path: Optional[str] = None, **kw) -> nn.Module:
     """Build the backbone registered as ``name`` (see ``vissl-lite list``) with options ``kw``
-    (``cifar_stem``; ViTs: ``img_size``, ``drop_path_rate``, ``global_pool``, ``pos_embed``,
+    (``cifar_stem``, ``zero_init_residual``; ViTs: ``img_size``, ``drop_path_rate``, ``global_pool``, ``pos_embed``,
     ``class_token``, ``dynamic_img_size``, ``reg_tokens``) and load ``pretrained_path`` if given."""
     builder = _get_builder(name)
     model = builder(**_options_for(name, builder, kw, BackboneError, ""))
