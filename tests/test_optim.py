@@ -88,6 +88,30 @@ class _WithPosEmbed(nn.Module):
         return {"pos_embed"}
 
 
+@pytest.mark.parametrize("method", ["dino", "dinov2", "selfpatch", "mocov3"])
+def test_dino_family_decays_pos_embed_and_cls_token(method):
+    """DINO / SelfPatch (utils.get_params_groups) and DINOv2 (param_groups.py) decay everything but
+    biases and 1-d parameters, pos_embed and cls_token included; other methods keep timm's
+    no_weight_decay() list (pos_embed, cls_token) out of the decay."""
+    from vissl_lite.backbones.vit import ViT
+    from vissl_lite.registry import METHODS
+
+    cls = METHODS.get(method)
+    vit = ViT(patch_size=4, embed_dim=48, depth=1, num_heads=3, img_size=32, pos_embed="learn",
+              class_token=method != "selfpatch", global_pool="avg" if method == "selfpatch" else "token",
+              dynamic_img_size=True, name="vit_test")
+    model = cls(vit, dict(cls.tiny_config))
+    params = dict(model.named_parameters())
+    groups = param_groups(model, 0.04)
+    decayed = {n for n, p in params.items() if any(p is q for g in groups if g["weight_decay"] > 0
+                                                   for q in g["params"])}
+    listed = {n for n, p in params.items() if p.requires_grad and n.split(".")[-1] in
+              ("pos_embed", "cls_token")}
+    assert listed, "the ViT has a trainable pos_embed or cls_token"
+    assert listed & decayed == (set() if method == "mocov3" else listed)
+    assert not any(n.endswith(".bias") or params[n].ndim <= 1 for n in decayed)
+
+
 def test_param_groups_exclude_bias_norm_and_timm_list():
     model = nn.Sequential(_WithPosEmbed(), nn.Linear(8, 2, bias=False))
     decayed, excluded = param_groups(model, 0.1)

@@ -3,12 +3,12 @@
 A preset claims to be a published recipe; its card says which one and where it parts from it, in
 a form that ``vissl-lite list presets`` shows and that tests check (tests/test_recipe_cards.py):
 
-    # DINO (Caron et al. 2021) ViT-S/16 on ImageNet, the README's vanilla 100-epoch run.
-    #   vissl-lite pretrain dino/imagenet_vit_small data.root=/path/to/imagenet
-    # source: facebookresearch/dino@7c446df README.md "Vanilla DINO training" (8 GPUs x 64)
-    #   and main_dino.py's defaults
-    # deviation: optim.exclude_bias_and_norm: true vs true without pos_embed, cls_token: the
-    #   engine also excludes what timm's no_weight_decay() lists
+    # W-MSE 2 (Ermolov et al. 2021) ResNet-50, the reference's ImageNet-100 command.
+    #   vissl-lite pretrain wmse/imagenet_resnet50 data.root=/path/to/imagenet100
+    # source: htdt/self-supervised@d9662c8 README.md "ImageNet-100" (W-MSE 2 command) and cfg.py's
+    #   defaults (batch 512, w_iter 1, projector 1024, Adam weight decay 1e-6, 500 warmup iterations)
+    # deviation: backbone.name: resnet50 vs resnet18: the project's ImageNet encoder (cfg.py's --arch
+    #   default is resnet18)
 
 ``source:`` (exactly one) names a repository file at a commit or tag (``owner/repo@commit path``)
 or a paper and its table (``arXiv:NNNN.NNNNN Table 1``). Each ``deviation:`` is

@@ -89,6 +89,8 @@ class LARS(torch.optim.Optimizer):
 
 def _no_weight_decay_names(model: nn.Module) -> set:
     """Names that timm models list in ``no_weight_decay()`` (pos_embed, cls_token, ...), prefixed."""
+    if getattr(model, "decay_listed_params", False):
+        return set()
     names = set()
     for prefix, module in model.named_modules():
         fn = getattr(module, "no_weight_decay", None)

@@ -109,6 +109,9 @@ class DINO(Method):
 
     Config = DINOConfig
     min_batch_size = 2
+    #: weight decay on all but biases and 1-d parameters: pos_embed and cls_token are decayed, as
+    #: facebookresearch/dino utils.get_params_groups (and SelfPatch's copy) decay them
+    decay_listed_params = True
     tiny_config = {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "num_local_crops": 2}
 
     def __init__(self, backbone: nn.Module, cfg: Any = None):

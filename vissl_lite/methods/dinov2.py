@@ -144,6 +144,9 @@ class DINOv2(Method):
 
     supported_backbones = ("vit",)
     min_batch_size = 2
+    #: pos_embed, cls_token and register tokens are decayed: dinov2/utils/param_groups.py exempts
+    #: only biases, norms and LayerScale gammas
+    decay_listed_params = True
     tiny_config = {"out_dim": 64, "patch_out_dim": 32, "hidden_dim": 32, "bottleneck_dim": 16,
                    "num_local_crops": 2}
 
