@@ -6,6 +6,7 @@ A preset is named by its path relative to a preset root without the suffix, e.g.
 in order: the folders in ``$VISSL_LITE_CONFIGS`` (``os.pathsep``-separated, for one's own
 presets), the ``configs/`` folder of a source checkout, and the presets installed inside the
 package (``vissl_lite/configs``). ``configs/base/`` holds shared defaults, not runnable presets.
+Each preset opens with a recipe card naming its source (``vissl_lite/recipe_cards.py``).
 """
 from __future__ import annotations
 
