@@ -103,7 +103,7 @@ def _get_builder(name: str, key_prefix: str = "") -> Callable[..., nn.Module]:
 
 def build_backbone(name: str, pretrained_path: Optional[str] = None, **kw) -> nn.Module:
     """Build the backbone registered as ``name`` (see ``vissl-lite list``) with options ``kw``
-    (``cifar_stem``, ``zero_init_residual``; ViTs: ``img_size``, ``drop_path_rate``, ``global_pool``, ``pos_embed``,
+    (``cifar_stem``; ViTs: ``img_size``, ``drop_path_rate``, ``global_pool``, ``pos_embed``,
     ``class_token``, ``dynamic_img_size``, ``reg_tokens``) and load ``pretrained_path`` if given."""
     builder = _get_builder(name)
     model = builder(**_options_for(name, builder, kw, BackboneError, ""))
