@@ -70,7 +70,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("presets:")
         for name, path in list_presets().items():
             card = read_card(path)
-            listed = f" ({len(card.deviations)} deviations listed)" if card.deviations else ""
+            n = len(card.deviations)
+            listed = f" ({n} deviation{'s' * (n > 1)} listed)" if n else ""
             print(f"  {name:<32} {_display(path)}\n  {'':<32} source: {card.source or '(no recipe card)'}{listed}")
     return 0
 
