@@ -115,3 +115,41 @@ def test_local_crops_on_a_fixed_size_vit_suggest_a_fix_that_works():
     assert "set backbone.dynamic_img_size=true" in str(e.value)
     build_method(load_config("dino/cifar10_resnet18", [*overrides, "backbone.dynamic_img_size=true"],
                              require=()))
+
+
+def test_a_configs_plugins_key_finds_its_method_without_importing_it(tmp_path, monkeypatch):
+    """`plugins:` in a config names a folder of method files, relative to the config; the
+    method's Config is read from the file (no import: the module below would raise)."""
+    from vissl_lite.registry import ALL_REGISTRIES
+
+    monkeypatch.setenv("VISSL_LITE_PLUGINS", "")
+    _write(tmp_path / "plugins" / "side_method.py", """
+        from dataclasses import dataclass
+        from vissl_lite.registry import METHODS
+        raise RuntimeError("imported")
+
+
+        @dataclass
+        class Config:
+            name: str = "side_method"
+            dim: int = 8
+
+
+        @METHODS.register("side_method", help="a method read from its source")
+        class SideMethod:
+            Config = Config
+    """)
+    mine = _write(tmp_path / "exp" / "mine.yaml", """
+        plugins: [../plugins]
+        defaults: [base/cifar10]
+        method: {name: side_method, dim: 4}
+    """)
+    try:
+        cfg = load_config(str(mine), require=())
+        assert cfg.method.dim == 4 and cfg.backbone.cifar_stem is True
+        with pytest.raises(ConfigError, match="unknown key 'method.dimm'"):
+            load_config(str(mine), ["method.dimm=3"], require=())
+    finally:
+        monkeypatch.undo()
+        for registry in ALL_REGISTRIES.values():
+            registry._declared = None

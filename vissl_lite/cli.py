@@ -203,7 +203,12 @@ def build_parser(with_evaluators: bool = True) -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(with_evaluators="eval" in argv[:1])
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if rest and isinstance(getattr(args, "overrides", None), list):  # overrides after --plugins DIR
+        args.overrides += [r for r in rest if "=" in r or r.startswith("~")]
+        rest = [r for r in rest if not ("=" in r or r.startswith("~"))]
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -167,7 +167,8 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[st
         raise ConfigError("method.name must be a string naming a method (see `vissl-lite list`)")
     base_name = OmegaConf.select(raw_merged, "method.base.name", default=None)
     schema = _schema(method_name, base_name if isinstance(base_name, str) else None)
-    check_method_backbone(sources, method_name, _method_class(method_name).supported_backbones)
+    supported = getattr(_method_class(method_name), "supported_backbones", ())
+    check_method_backbone(sources, method_name, supported)
 
     for source, raw in sources:
         _validate(schema, raw, source)

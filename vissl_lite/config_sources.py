@@ -1,8 +1,9 @@
 """Where a config's values come from: YAML files (with their ``defaults``) and command-line items.
 
 A config file may inherit with ``defaults: [...]``: each entry is a YAML path relative to the
-file (``../base/cifar10``) or a preset name (``simclr/cifar10_resnet18``, found on the preset
-search path of ``presets.py``); the file relative to the config is tried first. A file's
+file (``../base/cifar10``) or a name on the preset search path of ``presets.py``
+(``simclr/cifar10_resnet18``, or ``base/cifar10`` for the shared defaults); the file relative to
+the config is tried first. A file's
 ``plugins:`` and ``configs:`` entries (folders of one's own plugins and presets) are made absolute
 relative to the file and put on the search paths as soon as the file is read, so that its
 ``defaults`` may name a preset of its own folder.
@@ -97,6 +98,9 @@ def _find_parent(entry: str, child: Path) -> Path:
     presets = list_presets()
     if name in presets:
         return presets[name]
+    for root in preset_roots():  # shared defaults that are not runnable presets: base/cifar10
+        if (root / relative).is_file() and not relative.is_absolute():
+            return root / relative
     roots = ", ".join(display(r) for r in preset_roots()) or "(none)"
     raise ConfigError(f"{display(child)}: defaults entry '{entry}' is neither a file ({display(candidate)}) "
                       f"nor a preset name in the preset folders ({roots}); fix the path or pick a "
