@@ -1,14 +1,17 @@
 """A non-editable ``pip install .`` ships the presets: ``vissl-lite list`` shows them and
-``vissl-lite pretrain <preset name>`` runs from a folder outside the checkout."""
+``vissl-lite pretrain <preset name>`` runs from a folder outside the checkout; a project folder
+of one's own method files and presets works through ``--plugins``/``--configs``."""
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
+from test_architecture import PLUGIN_METHOD
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = ("setup.py", "setup.cfg", "pyproject.toml", "MANIFEST.in", "README.md", "vissl_lite",
@@ -75,37 +78,6 @@ def test_non_editable_install_lists_and_runs_presets_by_name(installed, tmp_path
     assert f"output {work / 'run'}" in trained.stderr
 
 
-PLUGIN = '''"""My method: a two-view cosine loss with a small projector (docs/architecture.md's example)."""
-from dataclasses import dataclass
-
-import torch.nn.functional as F
-from torch import nn
-
-from vissl_lite.augment.spec import ViewSpec
-from vissl_lite.methods.base import Method, StepOutput
-from vissl_lite.registry import METHODS
-
-
-@dataclass
-class Config:
-    name: str = "my_method"
-    dim: int = 8
-
-
-@METHODS.register("my_method", help="my own method, from my project folder")
-class MyMethod(Method):
-    Config = Config
-    views = ViewSpec("simclr", 2, 0)
-
-    def __init__(self, backbone, cfg=None):
-        super().__init__(backbone, cfg)
-        self.projector = nn.Linear(backbone.num_features, self.cfg.dim)
-
-    def training_step(self, batch):
-        a, b = (F.normalize(self.projector(self.backbone(v)), dim=1) for v in batch["views"])
-        return StepOutput(2 - 2 * (a * b).sum(1).mean())
-'''
-
 PRESET = """defaults: [base/cifar10]
 method:
   name: my_method
@@ -123,7 +95,8 @@ def test_a_plugin_folder_outside_the_checkout_is_listed_and_trains(installed, tm
     train, offline, from the installed package."""
     venv, _ = installed
     (tmp_path / "project" / "plugins").mkdir(parents=True)
-    (tmp_path / "project" / "plugins" / "my_method.py").write_text(PLUGIN)
+    (tmp_path / "project" / "plugins" / "my_method.py").write_text(
+        textwrap.dedent(PLUGIN_METHOD).format(name="my_method"))
     (tmp_path / "project" / "configs" / "my_method").mkdir(parents=True)
     (tmp_path / "project" / "configs" / "my_method" / "cifar10_resnet18.yaml").write_text(PRESET)
     run = _runner(installed, tmp_path / "project")
@@ -133,7 +106,7 @@ def test_a_plugin_folder_outside_the_checkout_is_listed_and_trains(installed, tm
     assert hidden.returncode == 0 and "my_method" not in hidden.stdout
     listed = run("list", *folders)
     assert listed.returncode == 0, listed.stderr
-    assert "my_method                my own method, from my project folder" in listed.stdout
+    assert "my_method                a plug-in written by the architecture test" in listed.stdout
     assert "my_method/cifar10_resnet18" in listed.stdout
     project = (tmp_path / "project").resolve()
     assert f"--plugins: {project / 'plugins'}" in listed.stdout
@@ -144,6 +117,11 @@ def test_a_plugin_folder_outside_the_checkout_is_listed_and_trains(installed, tm
     assert trained.returncode == 0, trained.stderr[-2000:]
     assert (tmp_path / "project" / "run" / "checkpoints" / "last.pt").is_file()
     assert "vissl_lite/cli.py" not in trained.stderr
+    # the run records its plugin folder: its checkpoint loads elsewhere without --plugins
+    exported = _runner(installed, tmp_path)("export", "project/run", "--format", "safetensors",
+                                            "--out", "encoder.safetensors")
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert (tmp_path / "encoder.safetensors").is_file()
     imported = subprocess.run([str(venv / "bin" / "python"), "-c", "import vissl_lite; print(vissl_lite.__file__)"],
                               capture_output=True, text=True, env=installed[1], cwd=tmp_path)
     assert str(venv) in imported.stdout  # the installed copy ran, not the checkout

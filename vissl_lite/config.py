@@ -33,7 +33,7 @@ from vissl_lite.config_rules import check_method_backbone
 from vissl_lite.config_sources import (FOLDER_KEYS, collect_sources, parse_overrides,
                                        remove_key)
 from vissl_lite.presets import resolve_preset
-from vissl_lite.registry import METHODS, add_plugins
+from vissl_lite.registry import METHODS, add_plugins, plugin_specs
 
 
 @dataclass
@@ -175,6 +175,7 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[st
     cfg = OmegaConf.merge(schema, *[c for _, c in sources])
     # validated against the (maybe stand-in) Config; the method checks its own values when built
     cfg.method = OmegaConf.create(OmegaConf.to_container(cfg.method))
+    cfg.plugins = plugin_specs()  # all that was searched (--plugins, $VISSL_LITE_PLUGINS): recorded
 
     for key in require:
         if key == "data.root" and OmegaConf.select(cfg, "data.name") in DEFAULT_ROOT_DATASETS:
