@@ -85,3 +85,31 @@ def test_vit_into_timm_with_identical_features(tmp_path, capsys):
     assert torch.allclose(timm_model(images), ours(images), atol=1e-6, rtol=0)
     with pytest.raises(CheckpointError, match="ViT: use --format timm"):
         vissl_lite.export_backbone(ckpt, "torchvision", tmp_path / "x.pth")
+
+
+def test_export_sidecar_is_typed_with_input_size_and_normalisation_and_files_are_0644(tmp_path, capsys):
+    """Issue 22: the safetensors file was 0600 and the sidecar held strings only, without the
+    input size and mean/std the encoder expects."""
+    import json
+    import os
+    import stat
+
+    from safetensors import safe_open
+
+    ckpt = tmp_path / "last.pt"
+    write_checkpoint(ckpt, "simclr/cifar10_resnet18", "augment.mean=[0.5,0.4,0.3]",
+                     "augment.std=[0.2,0.25,0.3]")
+    old = os.umask(0o022)
+    try:
+        _, out = exported(tmp_path, capsys, ckpt, "safetensors", "r18.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    card = json.loads(Path(f"{out}.json").read_text())
+    assert card["input_size"] == 32 and card["num_features"] == 512 and card["cifar_stem"] is True
+    assert card["mean"] == [0.5, 0.4, 0.3] and card["std"] == [0.2, 0.25, 0.3]
+    assert card["arch"] == "resnet18" and card["family"] == "resnet" and card["format"] == "safetensors"
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    assert meta["arch"] == "resnet18" and json.loads(meta["mean"]) == [0.5, 0.4, 0.3]
+    assert json.loads(meta["input_size"]) == 32

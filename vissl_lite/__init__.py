@@ -1,7 +1,7 @@
 """vissl_lite: self-supervised visual representation learning on PyTorch.
 
 Methods (SimCLR, Barlow Twins, DINO, MAE, I-JEPA) are plugins on one trainer, one backbone zoo,
-one augmentation pipeline and one evaluation suite. See README.md and shared DESIGN.md.
+one augmentation pipeline and one evaluation suite. See README.md and docs/architecture.md.
 
 ``vissl_lite.load_backbone(CHECKPOINT)`` returns a pretrained encoder ready for downstream code
 (loaded on first use: ``import vissl_lite`` stays light).

@@ -10,7 +10,12 @@
 User errors (every ``vissl_lite.errors.VisslLiteError``: bad config key, missing data, wrong
 checkpoint) end in one line on stderr and exit status 2; anything else is a bug and keeps its
 traceback. What the commands can name (methods, presets, ...) comes from the registries and the
-preset folders, so a new method file shows up here without an edit.
+preset folders, so a new method file shows up here without an edit; ``--plugins DIR`` and
+``--configs DIR`` add a project's own method files and presets.
+
+``--version``, ``--help``, ``list``, ``config`` and config errors import no torch (2.5 s): the
+trainer, the evaluators, data and export are reached through the packages' lazy exports
+(``engine.Trainer``, ...), loaded when a command runs; ``benchmarks/cli_startup.py`` times them.
 """
 from __future__ import annotations
 
@@ -22,17 +27,14 @@ from typing import List, Optional
 
 from omegaconf import OmegaConf
 
-from vissl_lite import __version__
+import vissl_lite
+from vissl_lite import data, engine
+from vissl_lite import eval as evaluation
 from vissl_lite.config import load_config
-from vissl_lite.data.datasets import build_dataset
-from vissl_lite.data.shard_writer import write_shards
-from vissl_lite.engine.trainer import Trainer
 from vissl_lite.errors import VisslLiteError
-from vissl_lite.eval.cli import add_eval_arguments, run_eval_cli
-from vissl_lite.export import export_backbone
-from vissl_lite.presets import list_presets
+from vissl_lite.presets import add_preset_roots, list_presets, preset_roots
 from vissl_lite.recipe_cards import read_card, recipes_markdown
-from vissl_lite.registry import ALL_REGISTRIES, EVALUATORS, METHODS
+from vissl_lite.registry import ALL_REGISTRIES, METHODS, add_plugins, plugin_sources
 
 
 PRETRAIN_EPILOG = """\
@@ -49,7 +51,7 @@ key with its resolved value. resume=auto continues from OUTPUT_DIR/checkpoints/l
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    Trainer(cfg).fit()
+    engine.Trainer(cfg).fit()
     return 0
 
 
@@ -61,6 +63,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     wanted = args.what.rstrip("s") if args.what else None
+    if wanted is None:
+        print("plugins from: " + "; ".join(plugin_sources()))
+        print("presets from: " + "; ".join(_display(r) for r in preset_roots()))
     for kind, registry in ALL_REGISTRIES.items():
         if wanted in (None, kind):
             print(f"{kind}s:")
@@ -79,8 +84,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_methods_table(args: argparse.Namespace) -> int:
     """The docs' table of methods, generated from the registry and the preset folders."""
     print("| method | what it does | backbones | presets |\n|---|---|---|---|")
-    for name, cls in METHODS.items():
-        backbones = ", ".join(cls.supported_backbones) or "any"
+    for name in METHODS.names():
+        backbones = ", ".join(METHODS.light(name).supported_backbones) or "any"
         presets = ", ".join(f"`{p}`" for p in list_presets(name)) or "-"
         print(f"| `{name}` | {METHODS.describe(name)} | {backbones} | {presets} |")
     return 0
@@ -103,7 +108,7 @@ def _display(path: Path) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    how = export_backbone(args.checkpoint, args.format, args.out)
+    how = vissl_lite.export_backbone(args.checkpoint, args.format, args.out)
     print(f"wrote the backbone of {args.checkpoint}; load it with:\n{how}")
     return 0
 
@@ -111,8 +116,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_shard(args: argparse.Namespace) -> int:
     """The data set ``--name`` at DATA -> tar shards in ``--out``."""
     started = time.perf_counter()
-    dataset = build_dataset({"name": args.name, "root": args.data}, args.split)
-    write_shards(dataset, args.out, args.shard_size)
+    dataset = data.build_dataset({"name": args.name, "root": args.data}, args.split)
+    data.write_shards(dataset, args.out, args.shard_size)
     print(f"wrote {len(dataset):,} images of {args.data} ({args.name}, split '{args.split}') as "
           f"{-(-len(dataset) // args.shard_size)} shards into {args.out} in "
           f"{time.perf_counter() - started:.1f} s; train on them with data.name=shards "
@@ -121,18 +126,35 @@ def cmd_shard(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    return run_eval_cli(args) or 0
+    return evaluation.run_eval_cli(args) or 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _folders() -> argparse.ArgumentParser:
+    """``--plugins DIR`` and ``--configs DIR``, which every sub-command takes."""
+    parent = argparse.ArgumentParser(add_help=False)
+    g = parent.add_argument_group("project folders")
+    g.add_argument("--plugins", action="append", default=[], metavar="DIR",
+                   help="a folder (or .py file) of your own method/evaluator/dataset plugins; "
+                        "repeatable, like $VISSL_LITE_PLUGINS")
+    g.add_argument("--configs", action="append", default=[], metavar="DIR",
+                   help="a folder of your own presets (<method>/<name>.yaml); repeatable, like "
+                        "$VISSL_LITE_CONFIGS")
+    return parent
+
+
+def build_parser(with_evaluators: bool = True) -> argparse.ArgumentParser:
+    """The command line; ``with_evaluators=False`` leaves the evaluators' own options out (they
+    import torch), for every command but ``eval``."""
+    folders = _folders()
     parser = argparse.ArgumentParser(
         prog="vissl-lite",
-        description=f"Self-supervised pretraining ({', '.join(METHODS.names())}) and evaluation "
-                    f"({', '.join(EVALUATORS.names())}) from YAML presets.")
-    parser.add_argument("--version", action="version", version=f"vissl_lite {__version__}")
+        description="Self-supervised pretraining and evaluation from YAML presets. "
+                    "`vissl-lite list` shows the methods, backbones, data sets, evaluators and "
+                    "presets there are.")
+    parser.add_argument("--version", action="version", version=f"vissl_lite {vissl_lite.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("pretrain", help="train a method from a YAML preset",
+    p = sub.add_parser("pretrain", help="train a method from a YAML preset", parents=[folders],
                        description="Pretrain an encoder without labels. Writes config.yaml, "
                                    "metrics.jsonl, checkpoints/ and curves.png to output_dir.",
                        epilog=PRETRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -141,14 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint's frozen encoder",
+    p = sub.add_parser("eval", help="evaluate a checkpoint's frozen encoder", parents=[folders],
                        description="Evaluate the frozen encoder of a pretraining checkpoint "
                                    "(or random:<backbone> for a random-init baseline).")
-    add_eval_arguments(p)
+    if with_evaluators:
+        evaluation.add_eval_arguments(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export", help="write a checkpoint's backbone alone (timm, torchvision, "
-                                      "safetensors)",
+                                      "safetensors)", parents=[folders],
                        description="Write the pretrained encoder of a checkpoint alone, loadable "
                                    "with timm.create_model(..., pretrained_cfg_overlay=dict(file="
                                    "FILE)), torchvision's load_state_dict or safetensors; prints "
@@ -160,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("shard", help="write a data set as tar shards (data that does not fit in "
-                                     "memory)",
+                                     "memory)", parents=[folders],
                        description="Write a data set as webdataset-style tar shards (<key>.jpg + "
                                    "<key>.cls) with an index.json; train on them with "
                                    "data.name=shards data.root=DIR.")
@@ -173,13 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", help="split to write (default train)")
     p.set_defaults(func=cmd_shard)
 
-    p = sub.add_parser("config", help="print a preset's resolved and validated config",
+    p = sub.add_parser("config", help="print a preset's resolved and validated config", parents=[folders],
                        description="Load, merge and validate a preset with overrides, print YAML.")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("list", help="list registered methods, backbones, data sets, evaluators, presets",
+                       parents=[folders],
                        description="List what a config can name.")
     p.add_argument("what", nargs="?", choices=["methods", "backbones", "datasets", "evaluators",
                                                "presets"])
@@ -191,12 +215,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(with_evaluators="eval" in argv[:1])
+    args, rest = parser.parse_known_args(argv)
+    if rest and isinstance(getattr(args, "overrides", None), list):  # overrides after --plugins DIR
+        args.overrides += [r for r in rest if "=" in r or r.startswith("~")]
+        rest = [r for r in rest if not ("=" in r or r.startswith("~"))]
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
+        add_plugins(args.plugins)
+        add_preset_roots(args.configs)
         return args.func(args)
     except VisslLiteError as e:  # only user errors are shortened; bugs keep their traceback
         print(f"vissl-lite: error: {e}", file=sys.stderr)

@@ -1,8 +1,10 @@
 """Experiment configuration: YAML presets + command-line overrides, validated against schemas.
 
-A preset may inherit from others with a ``defaults`` list of paths relative to itself; they are
-merged in order, then the file's own keys, then ``key=value`` overrides from the command line
-(omegaconf dotlist syntax). Every source is validated on its own against the typed schemas (the
+A preset may inherit from others with a ``defaults`` list of paths relative to itself or preset
+names; they are merged in order, then the file's own keys, then ``key=value`` overrides from the
+command line (omegaconf dotlist syntax; ``~key`` removes a key the files set). Reading the files
+and the command line is ``config_sources.py``; the method/backbone check that comes before the
+rest is ``config_rules.py``. Every source is validated on its own against the typed schemas (the
 ``method`` section against the chosen method's ``Config`` dataclass), so an error names the key
 and the file (or override) it came from, in one line:
 
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import (ConfigKeyError, OmegaConfBaseException,
                               ValidationError)
 
@@ -27,8 +29,11 @@ from vissl_lite.data.config import DEFAULT_ROOT_DATASETS, DataConfig
 from vissl_lite.engine.config import CheckpointConfig, LoggerConfig, OptimConfig, TrainConfig
 from vissl_lite.eval.config import MonitorConfig
 from vissl_lite.errors import ConfigError, RegistryError
+from vissl_lite.config_rules import check_method_backbone
+from vissl_lite.config_sources import (FOLDER_KEYS, collect_sources, parse_overrides,
+                                       remove_key)
 from vissl_lite.presets import resolve_preset
-from vissl_lite.registry import METHODS
+from vissl_lite.registry import METHODS, add_plugins, plugin_specs
 
 
 @dataclass
@@ -47,6 +52,8 @@ class ExperimentConfig:
     output_dir: str = "runs/${method.name}_${backbone.name}"
     resume: Optional[str] = None      # null | auto | path to a checkpoint
     overwrite: bool = False           # a new run may delete the run files already in output_dir
+    plugins: List[str] = field(default_factory=list)  # folders/.py files of one's own plugins
+    configs: List[str] = field(default_factory=list)  # folders of one's own presets
 
 
 REQUIRED = ("data.root",)
@@ -78,69 +85,31 @@ MINIMUMS = {
 }
 
 
-def _read_yaml(path: Path) -> DictConfig:
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path} (check the path; presets live in configs/)")
+def _method_class(name: str) -> type:
+    """The method's class, or its stand-in read from the source (no torch: ``plugin_scan.py``)."""
     try:
-        cfg = OmegaConf.load(path)
-    except Exception as e:  # yaml.YAMLError and friends
-        raise ConfigError(_yaml_error(path, e)) from None
-    if not isinstance(cfg, DictConfig):
-        raise ConfigError(f"{path}: a config file must hold a mapping of sections, not a list")
-    return cfg
-
-
-def _yaml_error(path: Path, e: Exception) -> str:
-    """``file:line:column: not valid YAML: <problem> (<context>)`` from a yaml error's marks."""
-    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-    problem = getattr(e, "problem", None)
-    if not problem:
-        return f"{where}: not valid YAML: {str(e).splitlines()[0]}"
-    context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
-    if context and start is not None and mark is not None and start.line != mark.line:
-        context += f" started at line {start.line + 1}"
-    return f"{where}: not valid YAML: {problem}" + (f" ({context})" if context else "")
-
-
-def _collect_sources(path: Path, seen: Tuple[Path, ...] = ()) -> List[Tuple[str, DictConfig]]:
-    """Flatten the ``defaults`` inheritance into an ordered list of (source name, raw config)."""
-    path = path.resolve()
-    if path in seen:
-        chain = " -> ".join(str(p) for p in (*seen, path))
-        raise ConfigError(f"{path}: circular 'defaults' chain: {chain}")
-    cfg = _read_yaml(path)
-    sources: List[Tuple[str, DictConfig]] = []
-    defaults = cfg.pop("defaults", None) if "defaults" in cfg else None
-    if defaults is not None:
-        if isinstance(defaults, str):
-            defaults = [defaults]
-        if not isinstance(defaults, (list, ListConfig)):
-            raise ConfigError(f"{path}: 'defaults' must be a list of config paths")
-        for parent in defaults:
-            parent_path = Path(str(parent))
-            if not parent_path.suffix:
-                parent_path = parent_path.with_suffix(".yaml")
-            if not parent_path.is_absolute():
-                parent_path = path.parent / parent_path
-            sources += _collect_sources(parent_path, (*seen, path))
-    sources.append((_display(path), cfg))
-    return sources
-
-
-def _display(path: Path) -> str:
-    try:
-        return os.path.relpath(path)
-    except ValueError:
-        return str(path)
+        return METHODS.light(name)
+    except RegistryError as e:
+        raise ConfigError(f"method.name: {e}") from None
 
 
 def _method_schema(name: str) -> DictConfig:
-    try:
-        cls = METHODS.get(name)
-    except RegistryError as e:
-        raise ConfigError(f"method.name: {e}") from None
-    return OmegaConf.structured(cls.Config)
+    return OmegaConf.structured(_method_class(name).Config)
+
+
+def _check_known(key: str, source: str) -> None:
+    """A ``~key`` must name a key of the schema (a typo would remove nothing, silently)."""
+    section, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(OmegaConf.structured(ExperimentConfig), section) if section else None
+    if section == "method" or key in FOLDER_KEYS or (isinstance(node, DictConfig) and leaf in node):
+        return
+    if not section and leaf in OmegaConf.structured(ExperimentConfig):
+        return
+    known = [f"{section}.{k}" if section else str(k)
+             for k in (node if isinstance(node, DictConfig) else OmegaConf.structured(ExperimentConfig))]
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean '~{close[0]}'?" if close else "`vissl-lite config CONFIG` shows the keys"
+    raise ConfigError(f"{source}: unknown key '{key}' ({hint})")
 
 
 def _schema(method_name: str, base_name: Optional[str] = None) -> DictConfig:
@@ -181,31 +150,32 @@ def _validate(schema: DictConfig, raw: DictConfig, source: str) -> None:
         raise _explain(e, source, schema) from None
 
 
-def _parse_overrides(overrides: Sequence[str]) -> List[Tuple[str, DictConfig]]:
-    out = []
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. optim.lr=0.3)")
-        out.append((f"command-line override '{item}'", OmegaConf.from_dotlist([item])))
-    return out
-
-
 def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[str] = (),
                 require: Sequence[str] = REQUIRED) -> DictConfig:
     """Load a preset, apply overrides, validate, and return a resolved read-only ``DictConfig``."""
-    sources = _collect_sources(resolve_preset(path)) if path else []
-    sources += _parse_overrides(overrides)
+    sources = collect_sources(resolve_preset(path)) if path else []
+    items, removals = parse_overrides(overrides)
+    for position, key, source in removals:  # ~key: from what the files and earlier items set
+        _check_known(key, source)
+        remove_key([*sources, *items[:position]], key)
+    sources += items
 
     raw_merged = OmegaConf.merge(*[c for _, c in sources]) if sources else OmegaConf.create()
+    add_plugins(list(raw_merged.get("plugins") or []))
     method_name = OmegaConf.select(raw_merged, "method.name", default="simclr")
     if not isinstance(method_name, str):
         raise ConfigError("method.name must be a string naming a method (see `vissl-lite list`)")
     base_name = OmegaConf.select(raw_merged, "method.base.name", default=None)
     schema = _schema(method_name, base_name if isinstance(base_name, str) else None)
+    supported = getattr(_method_class(method_name), "supported_backbones", ())
+    check_method_backbone(sources, method_name, supported)
 
     for source, raw in sources:
         _validate(schema, raw, source)
     cfg = OmegaConf.merge(schema, *[c for _, c in sources])
+    # validated against the (maybe stand-in) Config; the method checks its own values when built
+    cfg.method = OmegaConf.create(OmegaConf.to_container(cfg.method))
+    cfg.plugins = plugin_specs()  # all that was searched (--plugins, $VISSL_LITE_PLUGINS): recorded
 
     for key in require:
         if key == "data.root" and OmegaConf.select(cfg, "data.name") in DEFAULT_ROOT_DATASETS:

@@ -17,6 +17,10 @@
 * ``--format safetensors``: the same tensors in a ``.safetensors`` file, with the backbone's name
   and options in its metadata.
 
+Every format writes ``FILE.json`` beside the weights: the architecture, feature size, the input
+size the encoder was trained at and the mean/std its inputs were normalised with (typed values),
+and the Python that loads it. Files get the usual permissions (0644 under umask 022).
+
 Our ResNets subclass torchvision's and our ViTs subclass timm's ``VisionTransformer``, so no key
 is renamed: the exported tensors are the trained ones, bit for bit.
 """
@@ -30,8 +34,10 @@ from typing import Any, Dict, Tuple
 import torch
 from torch import nn
 
+from vissl_lite.config import global_view_size
 from vissl_lite.engine.checkpoint import load_pretrained
 from vissl_lite.errors import CheckpointError
+from vissl_lite.eval.transforms import resolve_mean_std
 
 __all__ = ["load_backbone", "export_backbone", "FORMATS"]
 
@@ -99,6 +105,9 @@ def _save(state: Dict[str, torch.Tensor], out: Path, metadata: Dict[str, str]) -
         save_file(state, str(tmp), metadata=metadata)
     else:
         torch.save(state, tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600, like a private temporary file
     os.replace(tmp, out)
 
 
@@ -109,12 +118,17 @@ def export_backbone(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathL
     out = Path(out).expanduser()
     if fmt == "safetensors" and out.suffix != ".safetensors":
         out = out.with_name(out.name + ".safetensors")
-    backbone = load_backbone(checkpoint)
+    method, cfg = load_pretrained(checkpoint)
+    backbone = method.backbone_for_eval().eval()
     file = str(out.resolve())
+    size = global_view_size(cfg)
+    augment, data = cfg.get("augment") or {}, cfg.get("data") or {}
+    mean, std = resolve_mean_std(size, augment.get("mean"), augment.get("std"), data.get("name"))
     options = {"arch": str(getattr(backbone, "arch_name", type(backbone).__name__)),
                "family": str(getattr(backbone, "family", "")),
-               "num_features": str(getattr(backbone, "num_features", "")),
-               "cifar_stem": str(bool(getattr(backbone, "cifar_stem", False))).lower()}
+               "num_features": int(getattr(backbone, "num_features", 0)),
+               "cifar_stem": bool(getattr(backbone, "cifar_stem", False)),
+               "input_size": int(size), "mean": list(mean), "std": list(std)}
     if fmt == "timm":
         name, kwargs = _timm_call(backbone, file)
         args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
@@ -124,8 +138,8 @@ def export_backbone(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathL
     else:
         how = ("from safetensors.torch import load_file\nstate = load_file({file!r})  "
                "# then model.load_state_dict(state)").format(file=file)
-    _save(_state(backbone), out, {**options, "load": how})
-    if fmt != "safetensors":
-        Path(f"{out}.json").write_text(json.dumps({**options, "format": fmt, "load": how},
-                                                  indent=2) + "\n")
+    # safetensors metadata holds strings only: JSON text of each value
+    _save(_state(backbone), out, {**{k: v if isinstance(v, str) else json.dumps(v)
+                                     for k, v in options.items()}, "load": how})
+    Path(f"{out}.json").write_text(json.dumps({**options, "format": fmt, "load": how}, indent=2) + "\n")
     return how

@@ -4,7 +4,7 @@ A preset is named by its path relative to a preset root without the suffix, e.g.
 ``simclr/cifar10_resnet18``; ``vissl-lite pretrain simclr/cifar10_resnet18`` and
 ``vissl-lite pretrain configs/simclr/cifar10_resnet18.yaml`` are the same run. The roots are,
 in order: the folders in ``$VISSL_LITE_CONFIGS`` (``os.pathsep``-separated, for one's own
-presets), the ``configs/`` folder of a source checkout, and the presets installed inside the
+presets; ``--configs DIR`` and a config's ``configs:`` key add to it), the ``configs/`` folder of a source checkout, and the presets installed inside the
 package (``vissl_lite/configs``). ``configs/base/`` holds shared defaults, not runnable presets.
 Each preset opens with a recipe card naming its source (``vissl_lite/recipe_cards.py``).
 """
@@ -29,6 +29,15 @@ def preset_roots() -> List[Path]:
         if root.is_dir() and root.resolve() not in [r.resolve() for r in roots]:
             roots.append(root)
     return roots
+
+
+def add_preset_roots(paths: List[str]) -> None:
+    """Put preset folders (``--configs DIR``, a config's ``configs:``) before those of
+    ``$VISSL_LITE_CONFIGS``, in this process and the ones it starts."""
+    old = [p for p in os.environ.get(CONFIGS_ENV, "").split(os.pathsep) if p]
+    new = [*dict.fromkeys([*(str(Path(p).expanduser().resolve()) for p in paths), *old])]
+    if new != old:
+        os.environ[CONFIGS_ENV] = os.pathsep.join(new)
 
 
 def list_presets(method: Optional[str] = None) -> Dict[str, Path]:

@@ -5,12 +5,16 @@ them all. An unknown name fails with the list of known names, so a typo in a YAM
 from the error message alone.
 
 Registries fill themselves: on first use a registry imports every module of the package that
-holds its plugins (``vissl_lite.methods`` for methods, ...), then any external plugin modules named
-in ``$VISSL_LITE_PLUGINS`` (comma-separated module names or ``.py`` paths) or declared under the
-``vissl_lite.plugins`` entry-point group of an installed distribution. Dropping a file that calls
-``@METHODS.register(...)`` into ``vissl_lite/methods/`` is therefore all it takes to add a method;
-this module imports the plugin packages by name at run time, so the import graph still runs one
-way (plugins import the registry, never the reverse).
+holds its plugins (``vissl_lite.methods`` for methods, ...), then the external plugins: the
+modules, ``.py`` files and folders of ``.py`` files named in ``$VISSL_LITE_PLUGINS``
+(comma-separated; ``--plugins DIR`` and a config's ``plugins:`` key add to it) and the entry
+points of the ``vissl_lite.plugins`` group of installed distributions. Dropping a file that calls
+``@METHODS.register(...)`` into ``vissl_lite/methods/`` (or a plugin folder) is therefore all it
+takes to add a method; this module imports the plugin packages by name at run time, so the import
+graph still runs one way (plugins import the registry, never the reverse).
+
+Names, help and a method's ``Config`` are first read from the plugin files' source
+(``plugin_scan.py``), so that listing and config checks import no torch; ``get`` imports.
 """
 from __future__ import annotations
 
@@ -22,16 +26,17 @@ import pkgutil
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, TypeVar
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
 
 from vissl_lite.errors import RegistryError
+from vissl_lite.plugin_scan import Declaration, declarations, light_class, module_path
 
 T = TypeVar("T")
 
 ALL_REGISTRIES: Dict[str, "Registry"] = {}
 PLUGINS_ENV = "VISSL_LITE_PLUGINS"
 ENTRY_POINT_GROUP = "vissl_lite.plugins"
-_external_loaded = False
+_loaded_plugins: set = set()
 
 
 def import_package_modules(package: str, scan: bool = True) -> None:
@@ -42,48 +47,131 @@ def import_package_modules(package: str, scan: bool = True) -> None:
             importlib.import_module(f"{package}.{info.name}")
 
 
-def _import_plugin(spec: str) -> None:
-    if spec.endswith(".py"):
-        path = Path(spec).expanduser().resolve()
-        if not path.is_file():
-            raise RegistryError(f"{PLUGINS_ENV} names {spec}, which is not a file")
-        name = f"vissl_lite_plugin_{path.stem}"
-        if name in sys.modules:
-            return
-        module_spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[name] = module
-        module_spec.loader.exec_module(module)
-    else:
-        try:
-            importlib.import_module(spec)
-        except ModuleNotFoundError as e:
-            raise RegistryError(f"{PLUGINS_ENV} names module '{spec}', which cannot be imported "
-                                f"({e}); add its folder to PYTHONPATH or give a .py path") from None
+def plugin_specs() -> List[str]:
+    """The entries of ``$VISSL_LITE_PLUGINS``: module names, ``.py`` files, folders."""
+    return [s.strip() for s in os.environ.get(PLUGINS_ENV, "").split(",") if s.strip()]
+
+
+def add_plugins(paths: List[str]) -> None:
+    """Put plugin files or folders (``--plugins DIR``, a config's ``plugins:``) before those of
+    ``$VISSL_LITE_PLUGINS``, in this process and the ones it starts; registries read them anew."""
+    new = [str(Path(p).expanduser().resolve()) for p in paths]
+    specs = [*dict.fromkeys([*new, *plugin_specs()])]
+    if specs != plugin_specs():
+        os.environ[PLUGINS_ENV] = ",".join(specs)
+        for registry in ALL_REGISTRIES.values():
+            registry._declared = None
+            registry._discovered = registry._discovered and registry.package is None
+
+
+def plugin_sources() -> List[str]:
+    """Where plugins are looked for, in words (``vissl-lite list`` prints it)."""
+    packages = [r.package for r in ALL_REGISTRIES.values() if r.package]
+    folders = [str(p.parent) if p else m for m in packages for p in [module_path(m)]]
+    external = plugin_specs()
+    return [*dict.fromkeys(folders),
+            f"${PLUGINS_ENV} / --plugins: {', '.join(external) if external else '(none)'}",
+            f"entry points '{ENTRY_POINT_GROUP}': "
+            f"{', '.join(e.value for e in metadata.entry_points(group=ENTRY_POINT_GROUP)) or '(none)'}"]
+
+
+def external_modules() -> List[Tuple[str, Optional[Path]]]:
+    """``(module name, source file or None)`` of every external plugin module."""
+    found: List[Tuple[str, Optional[Path]]] = []
+    for spec in plugin_specs():
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            found += [(f"vissl_lite_plugin_{f.stem}", f.resolve()) for f in sorted(path.glob("*.py"))
+                      if not f.name.startswith("_")]
+        elif spec.endswith(".py"):
+            if not path.is_file():
+                raise RegistryError(f"{PLUGINS_ENV} names {spec}, which is not a file")
+            found.append((f"vissl_lite_plugin_{path.stem}", path.resolve()))
+        else:
+            if "/" in spec or os.sep in spec:
+                raise RegistryError(f"{PLUGINS_ENV} names {spec}, which is not a folder, a .py file "
+                                    f"or a module name")
+            found.append((spec, module_path(spec)))
+    return found
+
+
+def import_plugin(module: str, path: Optional[Path]) -> None:
+    """Import one external plugin module (a ``.py`` file under a ``vissl_lite_plugin_`` name)."""
+    if module in sys.modules or module in _loaded_plugins:
+        return
+    _loaded_plugins.add(module)
+    if module.startswith("vissl_lite_plugin_"):
+        module_spec = importlib.util.spec_from_file_location(module, path)
+        loaded = importlib.util.module_from_spec(module_spec)
+        sys.modules[module] = loaded
+        module_spec.loader.exec_module(loaded)
+        return
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        raise RegistryError(f"{PLUGINS_ENV} names module '{module}', which cannot be imported "
+                            f"({e}); add its folder to PYTHONPATH or give a .py path") from None
 
 
 def load_external_plugins() -> None:
-    """Import the plugin modules of ``$VISSL_LITE_PLUGINS`` and of installed entry points, once."""
-    global _external_loaded
-    if _external_loaded:
-        return
-    _external_loaded = True
-    for spec in filter(None, (s.strip() for s in os.environ.get(PLUGINS_ENV, "").split(","))):
-        _import_plugin(spec)
+    """Import the external plugin modules and the installed entry points (each once)."""
+    for module, path in external_modules():
+        import_plugin(module, path)
     for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        entry_point.load()
+        if entry_point.value not in _loaded_plugins:
+            _loaded_plugins.add(entry_point.value)
+            entry_point.load()
 
 
 class Registry:
     """A named mapping ``name -> constructor`` filled with the ``@registry.register(name)`` decorator."""
 
-    def __init__(self, kind: str, package: Optional[str] = None, scan: bool = True):
+    def __init__(self, kind: str, package: Optional[str] = None, scan: bool = True,
+                 symbol: Optional[str] = None):
         self.kind = kind
         self.package, self.scan = package, scan
+        self.symbol = symbol or f"{kind.upper()}S"
         self._entries: Dict[str, Callable] = {}
         self._help: Dict[str, str] = {}
+        self._declared: Optional[Dict[str, Declaration]] = None
         self._discovered = package is None
         ALL_REGISTRIES[kind] = self
+
+    def plugin_modules(self) -> List[Tuple[str, Optional[Path]]]:
+        """``(module, source file)`` of the built-in plugin modules, then the external ones."""
+        if self.package is None:
+            return []
+        if not self.scan:
+            return [(self.package, module_path(self.package)), *external_modules()]
+        spec = importlib.util.find_spec(self.package)
+        found = [(f"{self.package}.{info.name}", Path(info.module_finder.path) / f"{info.name}.py")
+                 for info in pkgutil.iter_modules(spec.submodule_search_locations or [])
+                 if not info.name.startswith("_") and not info.ispkg]
+        return [*found, *external_modules()]
+
+    def declared(self) -> Dict[str, Declaration]:
+        """The names the plugin files declare, read without importing them; a file that cannot be
+        read so is imported (its names then come from ``register``)."""
+        if self._declared is None:
+            declared: Dict[str, Declaration] = {}
+            for module, path in self.plugin_modules():
+                found = declarations(path, module, self.symbol) if path else None
+                if found is None:
+                    self._import(module, path)
+                    continue
+                for d in found:
+                    if d.name in declared and declared[d.name].module != d.module:
+                        raise RegistryError(f"{self.kind} '{d.name}' is registered twice ({declared[d.name].path} "
+                                            f"and {d.path}); pick another name.")
+                    declared[d.name] = d
+            self._declared = declared
+        return self._declared
+
+    def _import(self, module: str, path: Optional[Path]) -> None:
+        if module.startswith("vissl_lite_plugin_") or (self.package and not module.startswith(self.package)):
+            import_plugin(module, path)
+        else:
+            importlib.import_module(module)
 
     def discover(self) -> "Registry":
         """Import the plugin package's modules and external plugins (once); returns ``self``."""
@@ -107,32 +195,43 @@ class Registry:
         return decorator
 
     def get(self, name: str) -> Callable:
-        self.discover()
         key = str(name).lower()
+        if key not in self._entries and key in self:
+            self.discover()
         if key not in self._entries:
-            close = difflib.get_close_matches(key, self._entries, n=3)
+            known = self.names()
+            close = difflib.get_close_matches(key, known, n=3)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise RegistryError(f"unknown {self.kind} '{name}'.{hint} Known {self.kind}s: "
-                                f"{', '.join(sorted(self._entries)) or '(none)'}.")
+                                f"{', '.join(known) or '(none)'}.")
         return self._entries[key]
+
+    def light(self, name: str) -> type:
+        """The class registered as ``name``, or a stand-in read from its source holding its
+        ``Config`` and ``supported_backbones`` (``plugin_scan.py``): no import when it can."""
+        key = str(name).lower()
+        d = self.declared().get(key) if key not in self._entries else None
+        stand_in = light_class(d.path, d.module, d.obj_name) if d else None
+        return stand_in if stand_in is not None else self.get(name)
 
     def build(self, name: str, *args, **kwargs):
         return self.get(name)(*args, **kwargs)
 
     def names(self) -> List[str]:
-        self.discover()
-        return sorted(self._entries)
+        return sorted({*self.declared(), *self._entries})
 
     def items(self) -> List[tuple]:
         """``(name, constructor)`` pairs, sorted by name."""
-        return [(name, self._entries[name]) for name in self.names()]
+        return [(name, self.get(name)) for name in self.names()]
 
     def describe(self, name: str) -> str:
-        return self._help.get(name.lower(), "")
+        key = name.lower()
+        d = self.declared().get(key)
+        return self._help.get(key, d.help if d else "")
 
     def __contains__(self, name: object) -> bool:
-        self.discover()
-        return str(name).lower() in self._entries
+        key = str(name).lower()
+        return key in self._entries or key in self.declared()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
@@ -145,8 +244,7 @@ class Registry:
 
 
 METHODS = Registry("method", "vissl_lite.methods")
-#: these two register their entries in their own ``__init__`` (scanning every module of
-#: vissl_lite.backbones would import timm just to list names)
-BACKBONES = Registry("backbone", "vissl_lite.backbones", scan=False)
-DATASETS = Registry("dataset", "vissl_lite.data", scan=False)
+#: the zoo registers its names in a loop (it imports no torch); data sets are read from the source
+BACKBONES = Registry("backbone", "vissl_lite.backbones.zoo", scan=False)
+DATASETS = Registry("dataset", "vissl_lite.data.datasets", scan=False)
 EVALUATORS = Registry("evaluator", "vissl_lite.eval")

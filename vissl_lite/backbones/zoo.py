@@ -4,7 +4,8 @@ One table (``vissl_lite.registry.BACKBONES``) maps a name to a builder, as timm'
 ``create_model`` does; the options of the ``backbone`` config section are its keyword arguments.
 ResNets come from torchvision, ViTs from timm; patch-4 and patch-8 ViTs are meant for 32x32 images
 (64 and 16 tokens), patch-16 ViTs for 224x224. Builders import torchvision and timm only when
-called: this package is imported together with the config schema, which must load fast.
+called, and nothing here imports torch: the config loader reads families and options from this
+table (``vissl-lite config`` must answer fast). ``build.py`` builds the modules.
 """
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ import inspect
 from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional
 
 from vissl_lite.backbones.config import BackboneConfig
-from vissl_lite.backbones.weights import load_pretrained_weights
-from vissl_lite.errors import BackboneError, ConfigError, RegistryError
+from vissl_lite.errors import RegistryError
 from vissl_lite.registry import BACKBONES
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ def _schema_defaults() -> Dict[str, Any]:
     return {f.name: f.default for f in fields if f.name not in ("name", "pretrained_path")}
 
 
-def _options_for(name: str, builder: Callable, options: Mapping[str, Any], error: type,
+def options_for(name: str, builder: Callable, options: Mapping[str, Any], error: type,
                  key_prefix: str) -> Dict[str, Any]:
     """Keep the options ``builder`` takes; any other option must be left at its default."""
     accepted = inspect.signature(builder).parameters
@@ -89,43 +89,14 @@ def _options_for(name: str, builder: Callable, options: Mapping[str, Any], error
             raise error(f"unknown backbone option {key_prefix}{key}; the options are: "
                         f"{', '.join(sorted(defaults))}, pretrained_path")
         elif value != defaults[key]:
+            fix = f" (on the command line: ~{key_prefix}{key})" if key_prefix else ""
             raise error(f"{key_prefix}{key}={value!r} does not apply to {name} (a {family} "
-                        f"backbone, whose options are: {', '.join(accepted)}); remove it")
+                        f"backbone, whose options are: {', '.join(accepted)}); remove it{fix}")
     return kwargs
 
 
-def _get_builder(name: str, key_prefix: str = "") -> Callable[..., nn.Module]:
+def get_builder(name: str, key_prefix: str = "") -> Callable[..., nn.Module]:
     try:
         return BACKBONES.get(name)
     except RegistryError as e:
         raise RegistryError(f"{key_prefix}{e}") from None
-
-
-def build_backbone(name: str, pretrained_path: Optional[str] = None, **kw) -> nn.Module:
-    """Build the backbone registered as ``name`` (see ``vissl-lite list``) with options ``kw``
-    (``cifar_stem``; ViTs: ``img_size``, ``drop_path_rate``, ``global_pool``, ``pos_embed``,
-    ``class_token``, ``dynamic_img_size``, ``reg_tokens``) and load ``pretrained_path`` if given."""
-    builder = _get_builder(name)
-    model = builder(**_options_for(name, builder, kw, BackboneError, ""))
-    if pretrained_path:
-        load_pretrained_weights(model, pretrained_path)
-    return model
-
-
-def build_backbone_from_config(backbone_cfg, image_size: Optional[int] = None) -> nn.Module:
-    """Build from the ``backbone`` config section; a ViT's ``img_size`` defaults to
-    ``image_size`` (the size of the images the method feeds it)."""
-
-    if dataclasses.is_dataclass(backbone_cfg):
-        values = dataclasses.asdict(backbone_cfg)
-    else:
-        values = {str(k): backbone_cfg[k] for k in backbone_cfg}
-    name = values.pop("name", None) or BackboneConfig.name
-    pretrained_path = values.pop("pretrained_path", None)
-    builder = _get_builder(name, "backbone.name: ")
-    if "img_size" in inspect.signature(builder).parameters and values.get("img_size") is None:
-        values["img_size"] = image_size
-    model = builder(**_options_for(name, builder, values, ConfigError, "backbone."))
-    if pretrained_path:
-        load_pretrained_weights(model, pretrained_path)
-    return model

@@ -3,19 +3,24 @@ tar archive, or tar shards) and the in-memory uint8 path. See ``datasets.py`` (b
 config), ``folders.py`` (image files on disk), ``archive.py`` (reading a tar without extracting
 it), ``subsets.py`` (``data.subset``), ``corrupt.py`` (``data.on_corrupt``), ``memory.py``
 (whole split as one cached uint8 tensor, decoded by ``decode.py``), ``shards.py`` /
-``shard_writer.py`` (tar shards).
+``shard_writer.py`` (tar shards). Loader glue: ``vissl_lite.data.loader`` (engine-owned).
+
+The names load on first use (PEP 562), so that the schema module ``vissl_lite.data.config``
+(imported by ``vissl_lite.config``) does not import torch and torchvision with this package.
 """
-from vissl_lite.data.archive import ImageFilesArchive, ImageFolderArchive
-from vissl_lite.data.corrupt import SkipCorrupt, skipped_count
-from vissl_lite.data.datasets import build_dataset, default_data_dir, describe_dataset, has_labels
-from vissl_lite.data.folders import ImageFiles, ImageFolder
-from vissl_lite.data.memory import UInt8TensorDataset, build_uint8_dataset, load_uint8
-from vissl_lite.data.subsets import ClassSubset, subset_indices
-from vissl_lite.errors import DataError
+from vissl_lite._lazy import lazy_exports
 
-# loader glue: vissl_lite.data.loader (engine-owned)
-
-__all__ = ["build_dataset", "load_uint8", "build_uint8_dataset", "UInt8TensorDataset",
-           "ImageFolder", "ImageFiles", "ImageFolderArchive", "ImageFilesArchive", "ClassSubset",
-           "SkipCorrupt", "subset_indices", "describe_dataset", "default_data_dir", "has_labels",
-           "skipped_count", "DataError"]
+_EXPORTS = {
+    **dict.fromkeys(["ImageFilesArchive", "ImageFolderArchive"], "vissl_lite.data.archive"),
+    **dict.fromkeys(["SkipCorrupt", "skipped_count"], "vissl_lite.data.corrupt"),
+    **dict.fromkeys(["build_dataset", "default_data_dir", "describe_dataset", "has_labels"],
+                    "vissl_lite.data.datasets"),
+    **dict.fromkeys(["ImageFiles", "ImageFolder"], "vissl_lite.data.folders"),
+    **dict.fromkeys(["UInt8TensorDataset", "build_uint8_dataset", "load_uint8"],
+                    "vissl_lite.data.memory"),
+    **dict.fromkeys(["ClassSubset", "subset_indices"], "vissl_lite.data.subsets"),
+    "write_shards": "vissl_lite.data.shard_writer",
+    "DataError": "vissl_lite.errors",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -41,6 +41,7 @@ from vissl_lite.data.archive import ImageFilesArchive, ImageFolderArchive, is_ar
 from vissl_lite.data.config import DataConfig
 from vissl_lite.data.corrupt import ON_CORRUPT, SkipCorrupt
 from vissl_lite.data.folders import ImageFiles, ImageFolder
+from vissl_lite.data.image import is_image_file
 from vissl_lite.data.shards import ShardDataset
 from vissl_lite.data.subsets import ClassSubset, subset_indices, targets_of
 from vissl_lite.errors import DataError
@@ -153,7 +154,9 @@ def _torchvision(cls, title: str, folder: str, cfg: DataConfig, transform, **spl
                          f"{str(e).splitlines()[0] if str(e) else e!r}). Offline? {by_hand}, or "
                          f"point data.root at a local copy")
 
-    if cfg.download:
+    if cfg.root:
+        _check_given_root(root, title, folder, cfg.download)
+    elif cfg.download:
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -169,6 +172,24 @@ def _torchvision(cls, title: str, folder: str, cfg: DataConfig, transform, **spl
                         f"that contains {folder}/") from None
     except OSError as e:  # urllib errors when downloading offline
         raise offline(e) from None
+
+
+def _check_given_root(root: Path, title: str, folder: str, download: bool) -> None:
+    """A ``data.root`` the user gave: it must exist (a typo creates nothing), and a download goes
+    only into an empty folder (not into one of the user's own images)."""
+    if not root.exists():
+        raise DataError(f"data.root does not exist: {root}; fix the path (nothing was created), "
+                        f"or leave data.root unset to use {default_data_dir()}")
+    if (root / folder).exists() or not root.is_dir() or not any(root.iterdir()):
+        return
+    images = sum(is_image_file(f) for _, _, files in os.walk(root) for f in files)
+    if images:
+        raise DataError(f"data.root={root} holds {images:,} images, no {title} ({folder}/); add "
+                        f"data.name=folder to train on them (unlabelled)")
+    if download:
+        raise DataError(f"data.root={root} holds no {title} ({folder}/) and is not empty, so "
+                        f"nothing is downloaded into it; point data.root at {title} or an empty "
+                        f"folder, or leave it unset to use {default_data_dir()}")
 
 
 @DATASETS.register("shards", help="tar shards written by `vissl-lite shard` (data.root: their "

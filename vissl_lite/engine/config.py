@@ -61,3 +61,4 @@ class LoggerConfig:
     progress: bool = True
     wandb: WandbConfig = field(default_factory=WandbConfig)
     plot: bool = True
+    tensorboard: bool = False         # also TensorBoard event files in <run>/tensorboard

@@ -17,6 +17,9 @@ from typing import Any, Dict, List, Optional
 
 from tqdm.auto import tqdm
 
+from vissl_lite.engine.mirrors import TensorBoardMirror, wandb_environment
+from vissl_lite.numbers import tidy
+
 log = logging.getLogger("vissl_lite")
 
 
@@ -55,7 +58,7 @@ def _plain(value: Any) -> Any:
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
-    return value
+    return tidy(value)
 
 
 def read_jsonl(path: str | os.PathLike) -> List[Dict[str, Any]]:
@@ -82,6 +85,7 @@ class RunLogger:
         self.jsonl = self.dir / "metrics.jsonl"
         self.bar = None
         self.wandb = None
+        self.tensorboard = None
         if not enabled:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -90,6 +94,7 @@ class RunLogger:
         elif self.jsonl.exists():
             self.jsonl.unlink()
         self._init_wandb(config_dict, resumed=resume_step is not None)
+        self.tensorboard = TensorBoardMirror.open(self.dir, getattr(logger_cfg, "tensorboard", False))
 
     def _truncate_after(self, step: int) -> None:
         """Drop records a killed run wrote after its last checkpoint (they will be redone)."""
@@ -112,6 +117,7 @@ class RunLogger:
         id_file.parent.mkdir(parents=True, exist_ok=True)
         if not (resumed and id_file.is_file()):
             id_file.write_text(secrets.token_hex(4))   # wandb run ids: lowercase alphanumerics
+        wandb_environment(self.dir)
         try:
             self.wandb = wandb.init(project=self.cfg.wandb.project, entity=self.cfg.wandb.entity,
                                     mode=mode, dir=str(self.dir), config=config_dict,
@@ -143,6 +149,8 @@ class RunLogger:
         if self.wandb is not None:
             data = {k: v for k, v in record.items() if isinstance(v, (int, float))}
             self.wandb.log(data, step=int(record.get("step", 0)))
+        if self.tensorboard is not None:
+            self.tensorboard.log(record)
 
     def info(self, message: str) -> None:
         if self.enabled:
@@ -165,6 +173,9 @@ class RunLogger:
         if self.wandb is not None:
             self.wandb.finish()
             self.wandb = None
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
 
 
 def plot_curves(jsonl: str | os.PathLike, out: str | os.PathLike) -> Optional[Path]:

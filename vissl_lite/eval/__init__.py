@@ -22,6 +22,8 @@ _EXPORTS = {
     **dict.fromkeys(["knn_classify", "knn_predict", "nearest_neighbors"], "vissl_lite.eval.knn"),
     **dict.fromkeys(["linear_probe", "linear_probe_augmented"], "vissl_lite.eval.linear"),
     "topk_accuracy": "vissl_lite.eval.metrics",
+    # the `vissl-lite eval` command (vissl_lite.cli reaches it here, loading torch only for eval)
+    **dict.fromkeys(["add_eval_arguments", "run_eval_cli"], "vissl_lite.eval.cli"),
     **dict.fromkeys(["OnlineLinearHead", "OnlineMonitor"], "vissl_lite.eval.monitor"),
     # "rankme" is the module vissl_lite.eval.rankme (a package attribute once imported), so the
     # function is only exported from there: from vissl_lite.eval.rankme import rankme

@@ -28,6 +28,7 @@ from torch import nn
 
 from vissl_lite import distributed as dist
 from vissl_lite.config import global_view_size
+from vissl_lite.numbers import tidy
 from vissl_lite.errors import EvalError, VisslLiteError
 from vissl_lite.eval.evaluator import EvalContext, EvalResult
 from vissl_lite.eval.features import EvalWarning, file_digest
@@ -50,6 +51,17 @@ examples:
 
 `vissl-lite eval EVALUATOR -h` lists an evaluator's own options.
 """
+
+
+class DefaultsOnceFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's ``(default: X)``, but not where the help text states its default already, nor
+    for options that are off (None, False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False:
+            return text
+        return super()._get_help_string(action)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,7 +99,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                                 help="one of: " + ", ".join(EVALUATORS.names()))
     for name, cls in EVALUATORS.items():
         p = sub.add_parser(name, help=EVALUATORS.describe(name), description=EVALUATORS.describe(name),
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=DefaultsOnceFormatter)
         for dest, text in cls.positionals:
             p.add_argument(dest, help=text)
         add_common_arguments(p)
@@ -213,7 +225,7 @@ def run_eval_cli(args: argparse.Namespace) -> int:
         if out:
             out.parent.mkdir(parents=True, exist_ok=True)
             record = result_record(args, ctx, result, time.time() - start)
-            out.write_text(json.dumps(record, indent=2, default=str) + "\n")
+            out.write_text(json.dumps(tidy(record), indent=2, default=str) + "\n")
             print(f"wrote {out}")
     return 0
 

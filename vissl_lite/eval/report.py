@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from vissl_lite.numbers import tidy
 from vissl_lite.errors import EvalError
 from vissl_lite.eval.evaluator import EvalContext, EvalResult, Evaluator
 from vissl_lite.registry import EVALUATORS
@@ -174,7 +175,7 @@ class ReportEvaluator(Evaluator):
                   "tables": {n: r.tables for n, r in parts.items()},
                   "figures": {n: r.figures for n, r in parts.items()},
                   "extra": {n: r.extra for n, r in parts.items()}, "skipped": skipped}
-        (folder / "results.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+        (folder / "results.json").write_text(json.dumps(tidy(record), indent=2, default=str) + "\n")
         summary = {f"{n}.{k}": v for n, r in parts.items() for k, v in r.metrics.items()}
         notes = [f"skipped {n}: {why}" for n, why in skipped.items()]
         return EvalResult(summary, notes=notes + [f"wrote {folder / 'report.md'}, report.html, "

@@ -15,11 +15,13 @@ from vissl_lite.backbones import build_backbone_from_config
 from vissl_lite.config import global_view_size
 from vissl_lite.errors import ConfigError
 from vissl_lite.methods.base import Method, StepOutput, check_backbone_family
-from vissl_lite.registry import METHODS
+from vissl_lite.registry import METHODS, add_plugins
 
 
 def build_method(cfg) -> Method:
-    """Build backbone + method from a full experiment config (``vissl_lite.config.load_config``)."""
+    """Build backbone + method from a full experiment config (``vissl_lite.config.load_config``);
+    the plugin folders it records are searched (a checkpoint of a plugin method loads anywhere)."""
+    add_plugins(list(cfg.get("plugins") or []))
     cls = METHODS.get(cfg.method.name)
     image_size = global_view_size(cfg)
     backbone = build_backbone_from_config(cfg.backbone, image_size=image_size)

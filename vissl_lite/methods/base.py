@@ -30,6 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from vissl_lite.augment.spec import ViewSpec
+from vissl_lite.config_rules import backbone_mismatch
 from vissl_lite.errors import ConfigError
 
 
@@ -73,12 +74,10 @@ def method_config(config_cls: type, cfg: Any = None) -> Any:
 def check_backbone_family(method_cls: type, backbone: nn.Module, backbone_name: str = "") -> None:
     """Raise if ``method_cls`` cannot train this kind of backbone (e.g. MAE on a ResNet)."""
     family = getattr(backbone, "family", None)
-    supported = method_cls.supported_backbones
-    if supported and family is not None and family not in supported:
-        name = backbone_name or type(backbone).__name__
-        raise ConfigError(f"method '{method_cls.Config().name}' needs a {' or '.join(supported)} "
-                          f"backbone, got backbone.name={name} ({family}); pick e.g. "
-                          f"backbone.name={'vit_tiny_patch4' if 'vit' in supported else 'resnet18'}")
+    message = backbone_mismatch(method_cls.Config().name, method_cls.supported_backbones,
+                                backbone_name or type(backbone).__name__, family)
+    if message:
+        raise ConfigError(message)
 
 
 class Method(nn.Module):
