@@ -5,8 +5,9 @@
 checkpoint to continue from), then loops over epochs and optimizer steps (``step.py``). Around
 the steps the loop reads their numbers back in batches (at log steps, before a checkpoint and at
 the end of an epoch), logs them (``logger.py``), runs the online monitor at the end of an epoch,
-writes checkpoints (``checkpoint.py``; ``best.pt`` follows a monitor metric), and stops cleanly on
-SIGTERM/SIGUSR1 (``stop.py``) or a non-finite loss. The trainer never names a method.
+writes checkpoints (``checkpoint.py``; ``best.pt`` follows a monitor metric; ``clock.py``: every
+``checkpoint.every_minutes``), and stops cleanly on SIGINT/SIGTERM/SIGUSR1 (``stop.py``) or a
+non-finite loss. The trainer never names a method.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from vissl_lite.autoconf import describe_auto, resolve_auto
 from vissl_lite.config import save_config
 from vissl_lite.data.loader import describe_train_data
 from vissl_lite.engine.checkpoint import BEST, CheckpointManager, atomic_save
+from vissl_lite.engine.clock import CheckpointClock
 from vissl_lite.engine.components import Components, build_components
 from vissl_lite.engine.logger import RunLogger, log, setup_console_logging
 from vissl_lite.engine.resume import checkpoint_state, find_and_check
@@ -59,6 +61,8 @@ class Trainer:
         self._pending: List[PendingStep] = []     # steps whose numbers are still on the device
         self._window: List[StepNumbers] = []      # read back, not yet logged
         self._stop_requested = False
+        self._clock: Optional[CheckpointClock] = None
+        self._checkpoint_due = False
         self._saved_step: Optional[int] = None
         self._consecutive_skips = 0
         self._last_record: Dict[str, Any] = {}
@@ -105,9 +109,10 @@ class Trainer:
                          f"{describe_train_data(cfg, c.loader)}, output {self.output_dir}")
         self.last_checkpoint = ckpt_path
         self._saved_step = self.state.step if ckpt_path is not None else None
+        self._clock = CheckpointClock(cfg.checkpoint.every_minutes, runtime.device)
         self._runner = StepRunner(c.method, c.model, c.optimizer, c.scheduler, c.scaler,
                                   cfg.train, runtime.device, runtime.world, c.total_steps, stop,
-                                  c.online_head)
+                                  c.online_head, self._clock)
 
     # ------------------------------------------------------------------ the loop
     def _loop(self, stop: StopSignal) -> Dict[str, Any]:
@@ -117,6 +122,7 @@ class Trainer:
         if s.step == 0 and c.monitor is not None and cfg.monitor.at_start:
             self._monitor_at_start()
         self.logger.start_progress(total, s.step)
+        stop.arm()
         window_start, window_steps = time.perf_counter(), 0
         step_save = False
         while s.step < total:
@@ -140,6 +146,7 @@ class Trainer:
                     window_start, window_steps = time.perf_counter(), 0
                 if self._stop_requested:
                     self._stop_on_signal(stop)
+                step_save |= self._checkpoint_due
                 if step_save and s.batch_in_epoch < per_epoch:
                     self._save()
             if s.batch_in_epoch >= per_epoch:
@@ -178,6 +185,7 @@ class Trainer:
             if math.isfinite(numbers.loss):
                 self.state.add_loss(numbers.loss)
             self._stop_requested |= numbers.stop
+            self._checkpoint_due |= numbers.checkpoint_due
 
     def _count_skip(self, numbers: StepNumbers) -> None:
         self.state.skipped_steps += 1
@@ -261,6 +269,8 @@ class Trainer:
         if not best_only:
             self.last_checkpoint = self.manager.last
             self._saved_step = self.state.step
+            self._checkpoint_due = False
+            self._clock.restart()
 
     def _stop_on_signal(self, stop: StopSignal) -> None:
         self._save()
