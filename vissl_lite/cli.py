@@ -27,7 +27,7 @@ from vissl_lite.config import load_config
 from vissl_lite.data.datasets import build_dataset
 from vissl_lite.data.shard_writer import write_shards
 from vissl_lite.engine.trainer import Trainer
-from vissl_lite.errors import VisslLiteError
+from vissl_lite.errors import VisslLiteError, print_user_error
 from vissl_lite.eval.cli import add_eval_arguments, run_eval_cli
 from vissl_lite.export import export_backbone
 from vissl_lite.presets import list_presets
@@ -185,7 +185,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return args.func(args)
     except VisslLiteError as e:  # only user errors are shortened; bugs keep their traceback
-        print(f"vissl-lite: error: {e}", file=sys.stderr)
+        print_user_error(e)
         return 2
 
 

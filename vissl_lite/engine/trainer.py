@@ -29,7 +29,7 @@ from vissl_lite.engine.components import Components, build_components
 from vissl_lite.engine.logger import RunLogger, log, setup_console_logging
 from vissl_lite.engine.resume import checkpoint_state, find_and_check
 from vissl_lite.engine.rundir import prepare_output_dir
-from vissl_lite.engine.runtime import Runtime, micro_batch_size
+from vissl_lite.engine.runtime import Runtime, describe_batch, micro_batch_size
 from vissl_lite.engine.state import TrainState
 from vissl_lite.engine.step import (PendingStep, StepNumbers, StepRunner, non_finite_message,
                                     read_back)
@@ -105,7 +105,8 @@ class Trainer:
         if ckpt is not None:
             self.logger.info(f"resumed from {ckpt_path} at step {self.state.step} (epoch "
                              f"{self.state.epoch}, batch {self.state.batch_in_epoch})")
-        self.logger.info(f"device {runtime.device}, precision {cfg.train.precision}, "
+        batch = describe_batch(cfg.train.batch_size, runtime.world, cfg.train.accumulate)
+        self.logger.info(f"device {runtime.device}, {batch}, precision {cfg.train.precision}, "
                          f"{describe_train_data(cfg, c.loader)}, output {self.output_dir}")
         self.last_checkpoint = ckpt_path
         self._saved_step = self.state.step if ckpt_path is not None else None
