@@ -60,6 +60,7 @@ class WandbConfig:
 
 @dataclass
 class LoggerConfig:
-    progress: bool = True
+    progress: bool = True             # a bar on a terminal; else plain lines (console.py)
+    progress_every_s: float = 30.0    # not a terminal: a plain progress line at most this often
     wandb: WandbConfig = field(default_factory=WandbConfig)
     plot: bool = True
