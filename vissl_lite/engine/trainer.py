@@ -4,7 +4,8 @@
 ``components.py``: method, model, optimizer, schedules, loader, monitor; ``resume.py``: the
 checkpoint to continue from), then loops over epochs and optimizer steps (``step.py``). Around
 the steps the loop reads their numbers back in batches (at log steps, before a checkpoint and at
-the end of an epoch), logs them (``logger.py``), runs the online monitor at the end of an epoch,
+the end of an epoch), logs them (``logger.py``; the printed lines also go to ``train.log``,
+``console.py``), runs the online monitor at the end of an epoch,
 writes checkpoints (``checkpoint.py``; ``best.pt`` follows a monitor metric; ``clock.py``: every
 ``checkpoint.every_minutes``), and stops cleanly on SIGINT/SIGTERM/SIGUSR1 (``stop.py``) or a
 non-finite loss. The trainer never names a method.
