@@ -182,6 +182,7 @@ def runs(tmp_path_factory):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, f"torchrun failed ({res.returncode}):\n{res.stdout[-3000:]}\n" \
                                 f"{res.stderr[-6000:]}"
+    (root / "torchrun.log").write_text(res.stdout + res.stderr)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -269,3 +270,49 @@ if __name__ == "__main__":   # one rank under torchrun: python -m torch.distribu
         run_case(case_name, out / case_name)
     run_preempted(out / "preempted")
     run_unshared_resume(out / "unshared", out / "toy" / "checkpoints" / "last.pt")
+
+
+def test_the_start_line_states_world_size_and_batches_once(runs):
+    """Rank 0 alone prints the start line; it gives the world size, the per-rank and the global
+    batch (the toy's train.batch_size=16 over 2 ranks, and over 2 ranks x 2 accumulation steps)."""
+    lines = (runs / "torchrun.log").read_text().splitlines()
+    split = [line for line in lines if "world size 2, batch 4 per rank x 2 accumulation steps = "
+                                       "16 global" in line]
+    assert len(split) == 1 and "device cpu" in split[0]
+    assert any("world size 2, batch 8 per rank = 16 global" in line for line in lines)
+    assert not any("world size 1" in line for line in lines)
+
+
+def test_a_config_error_under_torchrun_is_one_line_printed_once(tmp_path):
+    """Every rank meets the same config error; rank 0 alone prints it (torchrun's RANK, as the
+    process group does not exist yet), and ``vissl_lite.launch`` (torchrun for vissl-lite) ends
+    with it and exit code 2, without torchrun's own traceback and failure table."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parents[1])}
+    res = subprocess.run([sys.executable, "-m", "vissl_lite.launch", "--standalone",
+                          "--nproc_per_node", "2", "pretrain", "simclr/cifar10_resnet18",
+                          f"data.root={tmp_path}", "optim.lrr=0.1"],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert res.stderr.splitlines() == ["vissl-lite: error: command-line override 'optim.lrr=0.1': "
+                                       "unknown key 'optim.lrr' (did you mean 'optim.lr'?)"]
+    assert res.stdout == ""
+
+
+@pytest.mark.parametrize("rank, printed", [(None, True), ("0", True), ("1", False)])
+def test_a_user_error_is_printed_by_rank_0_alone(monkeypatch, capsys, rank, printed):
+    from vissl_lite.cli import main
+    if rank is not None:
+        monkeypatch.setenv("RANK", rank)
+    else:
+        monkeypatch.delenv("RANK", raising=False)
+    assert main(["config", "simclr/cifar10_resnet18", "optim.lrr=0.1"]) == 2
+    err = capsys.readouterr().err
+    assert (err == "vissl-lite: error: command-line override 'optim.lrr=0.1': unknown key "
+                   "'optim.lrr' (did you mean 'optim.lr'?)\n") is printed and (printed or err == "")
+
+
+def test_launch_splits_torchrun_options_from_the_command():
+    from vissl_lite.launch import split_argv
+    assert split_argv(["--standalone", "--nproc_per_node", "2", "pretrain", "x.yaml"]) == 3
+    assert split_argv(["--nnodes=2", "--rdzv_endpoint", "h:29500", "eval", "knn"]) == 3
+    assert split_argv(["pretrain", "--help"]) == 0

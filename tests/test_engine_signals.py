@@ -17,8 +17,12 @@ import pytest
 import torch
 
 import _toy
+from vissl_lite.config import load_config
 from vissl_lite.engine import load_checkpoint
+from vissl_lite.engine.clock import CheckpointClock
 from vissl_lite.engine.logger import read_jsonl
+from vissl_lite.engine.stop import StopSignal
+from vissl_lite.errors import ConfigError
 
 TOY = Path(_toy.__file__).resolve()
 COMMON = ["train.epochs=4"]          # 4 steps per epoch: 16 steps
@@ -139,20 +143,24 @@ def _pretrain_here(output_dir: Path, data_root: Path, *overrides: str) -> None:
         torch.set_num_threads(threads)
 
 
+def _pretrain_in_its_session(out: Path, data_root: Path, *overrides: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    with open(_log(out), "w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "vissl_lite.cli", "pretrain", str(REPO / PRETRAIN[0]),
+             *PRETRAIN[1:], f"data.root={data_root}", f"output_dir={out}", *overrides],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
-def test_a_signal_to_the_process_group_checkpoints_exits_and_resumes_exactly(
+def test_a_signal_to_the_process_group_checkpoints_and_exits(
         tmp_path, cifar_root, signum):
     """``timeout``, SLURM and ``scancel`` signal the whole process group, DataLoader workers
     included: the workers leave it to the main process, which checkpoints the step in flight and
-    exits with 128 + the signal number; resume=auto then ends where an uninterrupted run ends."""
+    exits with 128 + the signal number."""
     out = tmp_path / "run"
     out.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    with open(_log(out), "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "vissl_lite.cli", "pretrain", str(REPO / PRETRAIN[0]),
-             *PRETRAIN[1:], f"data.root={cifar_root}", f"output_dir={out}"],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = _pretrain_in_its_session(out, cifar_root)
     _wait_until(lambda: len(_logged_steps(out)) > 0, proc, out, timeout=240)
     os.killpg(proc.pid, signum)
     assert proc.wait(timeout=120) == 128 + signum, _output(out)
@@ -160,9 +168,34 @@ def test_a_signal_to_the_process_group_checkpoints_exits_and_resumes_exactly(
     assert 0 < step < 12 and _logged_steps(out)[-1] == step
     assert f"{signal.Signals(signum).name} received: checkpoint written at step {step}" in _output(out)
     assert "DataLoader worker" not in _output(out)
-    if signum != signal.SIGTERM:
-        return          # one exact-resume check is enough; SIGUSR1 takes the same path
-    _pretrain_here(out, cifar_root, "resume=auto")
+    # the exact resume after a signal: below with SIGINT (the same path), and with the toy above
+
+
+def test_ctrl_c_and_the_checkpoint_clock_keep_the_work_and_resume_exactly(tmp_path, cifar_root):
+    """Ctrl-C in a terminal sends SIGINT to the whole foreground process group, DataLoader
+    workers included: the run checkpoints the step in flight and exits 130, with one line and no
+    traceback, as for SIGTERM. Before it, ``checkpoint.every_minutes`` (0.6 s here) wrote
+    checkpoints mid-epoch although no epoch or step schedule asked for one. ``resume=auto`` then
+    ends bitwise where an uninterrupted run ends."""
+    out = tmp_path / "run"
+    out.mkdir()
+    clock = ["checkpoint.every_epochs=0", "checkpoint.save_best=false",
+             "checkpoint.every_minutes=0.01"]
+    proc = _pretrain_in_its_session(out, cifar_root, *clock)
+    _wait_until(lambda: (out / "checkpoints" / "last.pt").is_file(), proc, out, timeout=240)
+    by_clock = [int(p.stem[5:]) for p in (out / "checkpoints").glob("step_*.pt")]
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) == 130, _output(out)
+
+    step = load_checkpoint(out)["step"]
+    assert 0 < step < 12 and _logged_steps(out)[-1] == step
+    assert f"SIGINT received: checkpoint written at step {step}" in _output(out)
+    assert "Traceback" not in _output(out) and "KeyboardInterrupt" not in _output(out)
+    assert "DataLoader worker" not in _output(out)
+    assert by_clock and max(by_clock) < step                  # the clock's, before Ctrl-C
+    assert (out / "checkpoints" / f"step_{step:07d}.pt").is_file()
+
+    _pretrain_here(out, cifar_root, "resume=auto", *clock)
     _pretrain_here(tmp_path / "straight", cifar_root)
     resumed, straight = load_checkpoint(out), load_checkpoint(tmp_path / "straight")
     assert resumed["step"] == straight["step"] == 12
@@ -207,3 +240,49 @@ def test_sigterm_mid_epoch_on_shards_resumes_at_the_same_position(tmp_path):
     assert _train_here(out, *shards, "resume=auto")["step"] == TOTAL
     _assert_bitwise_equal(load_checkpoint(out), load_checkpoint(straight))
     assert _logged_steps(out) == list(range(1, TOTAL + 1))
+
+
+# ---------------------------------------------------------------- the handler and the clock alone
+def test_a_second_ctrl_c_or_one_before_the_first_step_exits_at_once():
+    """The first Ctrl-C of an armed run only asks for the checkpoint; a second one, or one before
+    the first step (nothing to keep), leaves at once with exit code 130."""
+    with StopSignal(torch.device("cpu")) as stop:
+        with pytest.raises(SystemExit) as early:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        assert early.value.code == 130 and stop.received is None
+        stop.arm()
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        assert stop.received == signal.SIGINT and stop.exit_code == 130
+        assert float(stop.device_flag()) == 1.0
+        with pytest.raises(SystemExit) as second:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        assert second.value.code == 130
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_the_checkpoint_clock_asks_once_per_period_after_the_last_checkpoint():
+    now = [100.0]
+    clock = CheckpointClock(0.5, torch.device("cpu"), now=lambda: now[0])   # 30 s
+    now[0] = 129.9
+    assert float(clock.device_flag()) == 0.0
+    now[0] = 130.0
+    assert float(clock.device_flag()) == 1.0 and float(clock.device_flag()) == 1.0
+    now[0] = 140.0
+    clock.restart()                       # a checkpoint was written: due again at 170
+    assert float(clock.device_flag()) == 0.0
+    now[0] = 169.9
+    assert float(clock.device_flag()) == 0.0
+    now[0] = 170.0
+    assert float(clock.device_flag()) == 1.0
+    never = CheckpointClock(0, torch.device("cpu"), now=lambda: now[0])
+    now[0] = 1e12
+    assert float(never.device_flag()) == 0.0
+
+
+def test_every_minutes_must_not_be_negative():
+    assert load_config(str(REPO / PRETRAIN[0]), ["data.root=x"]).checkpoint.every_minutes == 30
+    with pytest.raises(ConfigError, match=r"checkpoint.every_minutes=-1.*must be >= 0"):
+        load_config(str(REPO / PRETRAIN[0]), ["data.root=x", "checkpoint.every_minutes=-1"])

@@ -134,6 +134,11 @@ def resolve_auto(cfg: DictConfig, device: torch.device | str | DeviceInfo, *,
         per_rank = max(1, info.cpu_count // max(1, info.local_world_size))
         values["data.num_workers"] = min(per_rank, 12 if cuda else 4)
 
+    return with_values(cfg, values)
+
+
+def with_values(cfg: DictConfig, values: Dict[str, Any]) -> DictConfig:
+    """A copy of ``cfg`` with ``values`` (dotted keys) set; ``cfg`` itself when there are none."""
     if not values:
         return cfg
     out = copy.deepcopy(cfg)

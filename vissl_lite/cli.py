@@ -31,7 +31,7 @@ import vissl_lite
 from vissl_lite import data, engine
 from vissl_lite import eval as evaluation
 from vissl_lite.config import load_config
-from vissl_lite.errors import VisslLiteError
+from vissl_lite.errors import VisslLiteError, print_user_error
 from vissl_lite.presets import add_preset_roots, list_presets, preset_roots
 from vissl_lite.recipe_cards import read_card, recipes_markdown
 from vissl_lite.registry import ALL_REGISTRIES, METHODS, add_plugins, plugin_sources
@@ -231,7 +231,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         add_preset_roots(args.configs)
         return args.func(args)
     except VisslLiteError as e:  # only user errors are shortened; bugs keep their traceback
-        print(f"vissl-lite: error: {e}", file=sys.stderr)
+        print_user_error(e)
         return 2
 
 

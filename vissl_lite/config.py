@@ -82,6 +82,7 @@ MINIMUMS = {
     "data.image_size": 1,
     "train.epochs": 1,
     "train.max_steps": 1,
+    "checkpoint.every_minutes": 0,
 }
 
 

@@ -9,6 +9,9 @@ Each kind also derives from the built-in exception callers would have caught bef
 """
 from __future__ import annotations
 
+import os
+import sys
+
 
 class VisslLiteError(Exception):
     """Base class of every user error; the message names the cause and the fix."""
@@ -59,3 +62,14 @@ AugmentConfigError = AugmentError
 __all__ = ["VisslLiteError", "ConfigError", "RegistryError", "DataError", "BackboneError",
            "AugmentError", "AugmentConfigError", "MaskError", "CheckpointError", "EvalError",
            "NonFiniteLossError"]
+
+
+def print_user_error(error: VisslLiteError) -> None:
+    """``vissl-lite: error: <message>`` on stderr, once per run rather than once per process.
+
+    Under ``torchrun`` every rank meets the same user error (the same command line, config and
+    world size), so only global rank 0 prints it; torchrun's ``RANK`` tells the rank before the
+    process group exists (a config error is found before it is created).
+    """
+    if int(os.environ.get("RANK", "0") or 0) == 0:
+        print(f"vissl-lite: error: {error}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """Schema of the ``augment`` config section. Null means: the recipe's published default.
 
 The defaults for each recipe and input size are resolved in ``augment/recipes.py`` (see its
-docstring for the papers and repositories each value comes from).
+docstring for the papers and repositories each value comes from); a run's ``config.yaml`` holds
+them resolved (``augment/resolved.py``).
 """
 from __future__ import annotations
 

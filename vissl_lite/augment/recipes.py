@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from vissl_lite.augment.spec import RECIPE_DEFAULTS, ViewSpec
 from vissl_lite.errors import AugmentConfigError
@@ -62,6 +62,7 @@ DATASET_STATS = {
 
 CROP_MODES = ("rrc", "gcc", "cgcc", "mgcc")      # global views' crop (see crops.py)
 INTERPOLATIONS = ("bilinear", "bicubic")          # resizing; both pipelines offer both
+CROP_KEYS = ("crop", "crop_frac", "crop_alpha", "crop_shift")
 
 
 @dataclass(frozen=True)
@@ -145,9 +146,12 @@ def _per_view(key: str, value, default: Sequence[float], n: int) -> List[float]:
     return value[:n]
 
 
-def resolve_views(spec: ViewSpec, aug_cfg: Any = None, image_size: int = 224,
-                  dataset: Optional[str] = None) -> List[ViewParams]:
-    """The parameters of every view: ``spec.num_global`` globals, then the local views."""
+def resolve_settings(spec: ViewSpec, aug_cfg: Any = None, image_size: int = 224,
+                     dataset: Optional[str] = None) -> Dict[str, Any]:
+    """Every ``augment`` key (but ``path``) with the value the views use: the config's where set,
+    else the recipe's default for the input size. ``jitter`` is the base of the colour jitter,
+    ``jitter_strength`` its factor; ``blur_p`` and ``solarize_p`` hold one value per global view;
+    the Gaussian-centred crop keys are None with ``crop=rrc``."""
     if image_size is None or int(image_size) < 4:
         raise AugmentConfigError(f"image_size={image_size!r}: pass the data's image size (e.g. 32 "
                                  f"for CIFAR, 224 for ImageNet)")
@@ -178,9 +182,9 @@ def resolve_views(spec: ViewSpec, aug_cfg: Any = None, image_size: int = 224,
         strength = float(_get(aug_cfg, "jitter_strength"))
         if strength < 0:
             _fail("jitter_strength", strength, "must be >= 0")
-    jitter = tuple(v * strength for v in base_jitter)
-    if jitter[3] > 0.5:
-        _fail("jitter_strength", strength, f"makes the hue jitter {jitter[3]:.2f} > 0.5")
+    if base_jitter[3] * strength > 0.5:
+        _fail("jitter_strength", strength, f"makes the hue jitter {base_jitter[3] * strength:.2f} "
+                                           f"> 0.5")
 
     def p(key, default):
         value = _get(aug_cfg, key)
@@ -189,9 +193,6 @@ def resolve_views(spec: ViewSpec, aug_cfg: Any = None, image_size: int = 224,
     n_glob = spec.num_global
     blur_default = [0.0] if small else list(recipe.blur_p)
     local_blur_default = 0.0 if small else recipe.local_blur_p
-    blur_ps = _per_view("blur_p", _get(aug_cfg, "blur_p"), blur_default, n_glob)
-    solarize_ps = _per_view("solarize_p", _get(aug_cfg, "solarize_p"), list(recipe.solarize_p),
-                            n_glob)
 
     interpolation = _get(aug_cfg, "interpolation") or recipe.interpolation
     if interpolation not in INTERPOLATIONS:
@@ -203,21 +204,37 @@ def resolve_views(spec: ViewSpec, aug_cfg: Any = None, image_size: int = 224,
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
         _fail("mean/std", (list(mean), list(std)), "give three values each, std > 0")
 
-    common = dict(
-        flip_p=p("flip_p", recipe.flip_p),
-        jitter_p=p("jitter_p", recipe.jitter_p),
-        jitter=jitter,
-        grayscale_p=p("grayscale_p", recipe.grayscale_p),
+    crop = {"crop": "rrc", "crop_frac": None, "crop_alpha": None, "crop_shift": None}
+    crop.update(_crop_options(aug_cfg))
+    return dict(
+        num_local=num_local, global_size=global_size, local_size=local_size,
+        global_scale=global_scale, local_scale=local_scale,
+        flip_p=p("flip_p", recipe.flip_p), jitter_p=p("jitter_p", recipe.jitter_p),
+        jitter_strength=strength, jitter=base_jitter, grayscale_p=p("grayscale_p", recipe.grayscale_p),
+        blur_p=_per_view("blur_p", _get(aug_cfg, "blur_p"), blur_default, n_glob),
+        local_blur_p=p("local_blur_p", local_blur_default),
         blur_sigma=_pair("blur_sigma", _get(aug_cfg, "blur_sigma") or (0.1, 2.0)),
-        interpolation=interpolation,
-        mean=mean, std=std,
-    )
-    views = [ViewParams(size=global_size, scale=global_scale, blur_p=blur_ps[i],
-                        solarize_p=solarize_ps[i], **_crop_options(aug_cfg), **common)
-             for i in range(n_glob)]
-    local = ViewParams(size=local_size, scale=local_scale,
-                       blur_p=p("local_blur_p", local_blur_default), solarize_p=0.0, **common)
-    return views + [local] * num_local
+        solarize_p=_per_view("solarize_p", _get(aug_cfg, "solarize_p"), list(recipe.solarize_p),
+                             n_glob),
+        interpolation=interpolation, **crop, mean=mean, std=std)
+
+
+def resolve_views(spec: ViewSpec, aug_cfg: Any = None, image_size: int = 224,
+                  dataset: Optional[str] = None) -> List[ViewParams]:
+    """The parameters of every view: ``spec.num_global`` globals, then the local views."""
+    s = resolve_settings(spec, aug_cfg, image_size, dataset)
+    common = dict(flip_p=s["flip_p"], jitter_p=s["jitter_p"],
+                  jitter=tuple(v * s["jitter_strength"] for v in s["jitter"]),
+                  grayscale_p=s["grayscale_p"], blur_sigma=s["blur_sigma"],
+                  interpolation=s["interpolation"],
+                  mean=s["mean"], std=s["std"])
+    crop = {k: s[k] for k in CROP_KEYS} if s["crop"] != "rrc" else {}
+    views = [ViewParams(size=s["global_size"], scale=s["global_scale"], blur_p=s["blur_p"][i],
+                        solarize_p=s["solarize_p"][i], **crop, **common)
+             for i in range(spec.num_global)]
+    local = ViewParams(size=s["local_size"], scale=s["local_scale"], blur_p=s["local_blur_p"],
+                       solarize_p=0.0, **common)
+    return views + [local] * s["num_local"]
 
 
 def _crop_options(aug_cfg: Any) -> dict:

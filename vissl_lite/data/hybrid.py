@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from vissl_lite.data.workers import (_GPU_AUGMENT, ResumableSampler, carried, carry, derive_seed,
-                                     raise_carried)
+                                     leave_stop_signals_to_the_trainer, raise_carried)
 from vissl_lite.errors import ConfigError, DataError, VisslLiteError
 
 __all__ = ["HybridLoader", "decode_batch", "EncodedBytes"]
@@ -140,6 +140,7 @@ class HybridLoader:
         self.loader = DataLoader(self.bytes, batch_size=batch_size, sampler=self.sampler,
                                  num_workers=num_workers, drop_last=True, collate_fn=_collate,
                                  persistent_workers=num_workers > 0,
+                                 worker_init_fn=leave_stop_signals_to_the_trainer,
                                  prefetch_factor=4 if num_workers > 0 else None)
         self.epoch, self.start_batch = 0, 0
 

@@ -46,7 +46,8 @@ from torch.utils.data import (DataLoader, Dataset, IterableDataset, default_coll
 from vissl_lite.data.image import decode_rgb
 from vissl_lite.data.shard_writer import INDEX, write_shards
 from vissl_lite.data.tarscan import scan_ustar
-from vissl_lite.data.workers import carry, derive_seed, raise_carried, seeded_sample
+from vissl_lite.data.workers import (carry, derive_seed, leave_stop_signals_to_the_trainer,
+                                     raise_carried, seeded_sample)
 from vissl_lite.errors import ConfigError, DataError, VisslLiteError
 
 __all__ = ["write_shards", "ShardLoader", "ShardIndex", "ShardDataset", "INDEX"]
@@ -241,6 +242,7 @@ class ShardLoader:
     def __iter__(self) -> Iterator[Dict[str, Any]]:
         loader = DataLoader(_ShardEpoch(self, self.epoch, self.start_batch), batch_size=None,
                             num_workers=self.num_workers, pin_memory=self.pin_memory,
+                            worker_init_fn=leave_stop_signals_to_the_trainer,
                             prefetch_factor=4 if self.num_workers > 0 else None)
         return map(raise_carried, loader)
 

@@ -33,9 +33,10 @@ _PERMUTATION, _AUGMENT, _GPU_AUGMENT = 1, 2, 3
 
 
 def leave_stop_signals_to_the_trainer(worker_id: int) -> None:
-    """SIGTERM/SIGUSR1 sent to the whole process group (``timeout``, SLURM, ``scancel``) must not
-    kill the workers before the main process has written its checkpoint; it shuts them down."""
-    for signum in (signal.SIGTERM, signal.SIGUSR1):
+    """SIGINT/SIGTERM/SIGUSR1 sent to the whole process group (Ctrl-C in a terminal, ``timeout``,
+    SLURM, ``scancel``) must not kill the workers before the main process has written its
+    checkpoint; it shuts them down."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
         signal.signal(signum, signal.SIG_IGN)
 
 

@@ -44,6 +44,8 @@ class TrainConfig:
 class CheckpointConfig:
     every_epochs: int = 1
     every_steps: Optional[int] = None
+    every_minutes: Optional[float] = 30.0  # also when this much time passed since the last one
+    #                                        (null or 0: off); bounds what a crash can lose
     keep_last: int = 2
     save_best: bool = True
     best_metric: str = "knn_top1"     # a monitor metric (maximised); best.pt needs the monitor on
@@ -58,7 +60,8 @@ class WandbConfig:
 
 @dataclass
 class LoggerConfig:
-    progress: bool = True
+    progress: bool = True             # a bar on a terminal; else plain lines (console.py)
+    progress_every_s: float = 30.0    # not a terminal: a plain progress line at most this often
     wandb: WandbConfig = field(default_factory=WandbConfig)
     plot: bool = True
     tensorboard: bool = False         # also TensorBoard event files in <run>/tensorboard

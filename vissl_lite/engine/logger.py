@@ -1,56 +1,30 @@
-"""Run logging: a tqdm progress bar, ``metrics.jsonl``, wandb (offline by default) and ``curves.png``.
+"""Run logging: progress (a tqdm bar on a terminal, plain lines otherwise), ``metrics.jsonl``,
+wandb (offline by default), ``train.log`` and ``curves.png``.
 
 Only rank 0 logs. The JSONL file is the source of truth (one record per logged step or epoch,
 appended, so a resumed run continues the same file after dropping the records past its
-checkpoint); wandb mirrors it when installed and enabled; the PNG plot is drawn from it at the end.
+checkpoint); wandb mirrors it when installed and enabled; the PNG plot of every logged metric is
+drawn from it at the end (``curves.py``). What the run prints is also kept in ``train.log``
+(``console.py``).
 """
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import secrets
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from tqdm.auto import tqdm
 
+from vissl_lite.engine.console import (PlainProgress, TrainLog, log, setup_console_logging,
+                                       stderr_is_terminal)
+from vissl_lite.engine.curves import plot_curves
 from vissl_lite.engine.mirrors import TensorBoardMirror, wandb_environment
 from vissl_lite.numbers import tidy
 
-log = logging.getLogger("vissl_lite")
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at emit time, so a redirected or replaced stderr
-    (pytest's capture, a notebook, ``contextlib.redirect_stderr``) never meets a closed stream."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setFormatter(logging.Formatter("[vissl_lite] %(message)s"))
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value) -> None:
-        pass
-
-
-def setup_console_logging() -> None:
-    """Show the run's INFO lines on stderr as ``[vissl_lite] ...``.
-
-    An application that configured logging itself (the root logger has handlers) keeps control:
-    records propagate to its handlers and nothing is added here, so no line is printed twice.
-    """
-    if log.level == logging.NOTSET:
-        log.setLevel(logging.INFO)
-    if log.handlers or logging.getLogger().handlers:
-        return
-    log.addHandler(_StderrHandler())
+__all__ = ["RunLogger", "read_jsonl", "step_record", "log", "setup_console_logging", "plot_curves"]
 
 
 def _plain(value: Any) -> Any:
@@ -59,6 +33,19 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return tidy(value)
+
+
+def step_record(window: List[Any], step: int, epoch: int, img_per_s: float) -> Dict[str, Any]:
+    """The ``metrics.jsonl`` record of the steps read back since the last log step (``StepNumbers``):
+    each number averaged over them, the learning rate and weight decay of the last one."""
+    rows = [{"loss": n.loss, "grad_norm": n.grad_norm, **n.values} for n in window]
+    record: Dict[str, Any] = {"type": "step", "step": step, "epoch": epoch}
+    for k in rows[-1]:
+        values = [r[k] for r in rows if k in r]
+        record[k] = sum(values) / len(values)
+    record["lr"], record["wd"] = rows[-1]["lr"], rows[-1]["wd"]
+    record["img_per_s"] = img_per_s
+    return record
 
 
 def read_jsonl(path: str | os.PathLike) -> List[Dict[str, Any]]:
@@ -78,14 +65,17 @@ class RunLogger:
     """Writes metrics of rank 0 to JSONL, wandb and the progress bar; a no-op on other ranks."""
 
     def __init__(self, output_dir: str | os.PathLike, logger_cfg, config_dict: Dict[str, Any],
-                 enabled: bool = True, resume_step: Optional[int] = None):
+                 enabled: bool = True, resume_step: Optional[int] = None,
+                 train_log: Optional[TrainLog] = None):
         self.enabled = enabled
         self.cfg = logger_cfg
         self.dir = Path(output_dir)
         self.jsonl = self.dir / "metrics.jsonl"
-        self.bar = None
+        self.bar: Optional[tqdm] = None
+        self.plain: Optional[PlainProgress] = None
         self.wandb = None
         self.tensorboard = None
+        self._file_only = train_log.file_only if train_log is not None else (lambda line: None)
         if not enabled:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -129,9 +119,19 @@ class RunLogger:
             self.wandb = None
 
     def start_progress(self, total: int, initial: int) -> None:
-        if self.enabled and self.cfg.progress:
+        """A bar on a terminal; plain lines (console and ``train.log``) otherwise. With a bar, the
+        same lines go to ``train.log`` alone."""
+        if not self.enabled:
+            return
+        every = float(self.cfg.get("progress_every_s", 30.0))
+        if self.cfg.progress and stderr_is_terminal():
             self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
                             desc="pretrain")
+            self.plain = PlainProgress(total, initial, every, self._file_only)
+        elif self.cfg.progress:
+            self.plain = PlainProgress(total, initial, every, log.info)
+        else:
+            self.plain = PlainProgress(total, initial, every, self._file_only)
 
     def progress(self, n: int, **postfix: Any) -> None:
         if self.bar is not None:
@@ -139,6 +139,8 @@ class RunLogger:
             if postfix:
                 self.bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v)
                                       for k, v in postfix.items()}, refresh=False)
+        if self.plain is not None:
+            self.plain.update(n, postfix)
 
     def write(self, record: Dict[str, Any]) -> None:
         if not self.enabled:
@@ -154,10 +156,7 @@ class RunLogger:
 
     def info(self, message: str) -> None:
         if self.enabled:
-            if self.bar is not None:
-                self.bar.write(f"[vissl_lite] {message}", file=sys.stderr)
-            else:
-                log.info(message)
+            log.info(message)
 
     def close(self, plot: bool = True) -> None:
         if not self.enabled:
@@ -167,7 +166,7 @@ class RunLogger:
             self.bar = None
         if plot and self.cfg.plot:
             try:
-                plot_curves(self.jsonl, self.dir / "curves.png")
+                plot_curves(read_jsonl(self.jsonl), self.dir / "curves.png")
             except Exception as e:  # a plot must never fail a finished run
                 log.warning(f"could not draw curves.png: {type(e).__name__}: {e}")
         if self.wandb is not None:
@@ -176,36 +175,3 @@ class RunLogger:
         if self.tensorboard is not None:
             self.tensorboard.close()
             self.tensorboard = None
-
-
-def plot_curves(jsonl: str | os.PathLike, out: str | os.PathLike) -> Optional[Path]:
-    """Loss and learning rate against the step, from ``metrics.jsonl``, as a PNG."""
-    records = [r for r in read_jsonl(jsonl) if r.get("type") == "step"]
-    if not records:
-        return None
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    steps = [r["step"] for r in records]
-    fig = Figure(figsize=(10, 3.6))
-    FigureCanvasAgg(fig)
-    ax_loss, ax_lr = fig.subplots(1, 2)
-    ax_loss.plot(steps, [_as_float(r.get("loss")) for r in records], lw=1.2)
-    ax_loss.set(xlabel="step", ylabel="loss", title="training loss")
-    ax_lr.plot(steps, [_as_float(r.get("lr")) for r in records], lw=1.2, color="tab:orange")
-    ax_lr.set(xlabel="step", ylabel="learning rate", title="learning rate")
-    for ax in (ax_loss, ax_lr):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, out)
-    return out
-
-
-def _as_float(v: Any) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return float("nan")

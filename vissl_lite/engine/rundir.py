@@ -19,7 +19,7 @@ import torch.distributed as dist
 from vissl_lite import distributed as vdist
 from vissl_lite.errors import ConfigError
 
-RUN_FILES = ("checkpoints", "metrics.jsonl", "config.yaml", "curves.png", "wandb")
+RUN_FILES = ("checkpoints", "metrics.jsonl", "config.yaml", "curves.png", "wandb", "train.log")
 
 
 def _holds_checkpoints(output_dir: Path) -> bool:

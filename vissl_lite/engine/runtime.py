@@ -81,3 +81,10 @@ def micro_batch_size(cfg, method: nn.Module, world: int) -> int:
             f"{world} rank(s) and {t.accumulate} accumulation step(s) gives {micro}; raise "
             f"train.batch_size")
     return micro
+
+
+def describe_batch(batch_size: int, world: int, accumulate: int) -> str:
+    """``world size 2, batch 64 per rank = 128 global`` (``x 2 accumulation steps`` when set)."""
+    per_rank = batch_size // (world * accumulate)
+    steps = f" x {accumulate} accumulation steps" if accumulate > 1 else ""
+    return f"world size {world}, batch {per_rank} per rank{steps} = {batch_size} global"

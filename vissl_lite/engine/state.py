@@ -7,6 +7,7 @@ exactly as the uninterrupted run would have.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
@@ -41,3 +42,14 @@ class TrainState:
         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
         self.epoch_loss_sum, self.epoch_loss_count = 0.0, 0
         return mean
+
+    def improve_best(self, metric: str, results: Dict[str, Any]) -> bool:
+        """Whether ``metric`` (higher is better) in an epoch's ``results`` beats the best so far;
+        if so it becomes the best."""
+        if metric not in results:
+            return False
+        value = float(results[metric])
+        if not math.isfinite(value) or (self.best is not None and value <= self.best):
+            return False
+        self.best = value
+        return True

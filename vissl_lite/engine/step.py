@@ -9,7 +9,7 @@
 DDP's ``no_sync`` so gradients are all-reduced once per step.
 
 The step never waits for the device (see DESIGN.md, "The step on a GPU"): the loss, gradient norm,
-stop flag and tensor metrics are packed into one device tensor (all-reduced under DDP) and read
+stop flag, checkpoint-clock flag and tensor metrics are packed into one device tensor (all-reduced under DDP) and read
 back later, for several steps at once, by ``read_back``. Two exceptions, both opt-in or
 inherent: ``train.skip_nonfinite=true`` reads the loss and gradient norm back in every step (it
 must decide before the optimizer step), and fp16's ``GradScaler`` reads its inf flag unless the
@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch import nn
 
 from vissl_lite.data.loader import move_batch
+from vissl_lite.engine.clock import CheckpointClock
 from vissl_lite.engine.schedules import ParamScheduler
 from vissl_lite.engine.stop import StopSignal
 
@@ -39,7 +40,7 @@ class PendingStep:
     """A step whose numbers are still on the device."""
 
     step: int                              # 0-based
-    packed: torch.Tensor                   # [loss, grad_norm, stop, *tensor metrics]
+    packed: torch.Tensor                   # [loss, grad_norm, stop, clock, *tensor metrics]
     keys: List[str]                        # names of the tensor metrics in ``packed``
     values: Dict[str, float]               # host numbers: lr, wd, Python-float metrics
     skipped: bool = False                  # non-finite and not applied (train.skip_nonfinite)
@@ -55,6 +56,7 @@ class StepNumbers:
     stop: bool
     values: Dict[str, float] = field(default_factory=dict)
     skipped: bool = False
+    checkpoint_due: bool = False           # checkpoint.every_minutes passed (clock.py)
 
     def finite(self, scaled: bool) -> bool:
         """fp16 overflows in the gradient are normal: the GradScaler skips the step and rescales."""
@@ -68,10 +70,11 @@ def read_back(pending: List[PendingStep]) -> List[StepNumbers]:
     flat = torch.cat([p.packed for p in pending]).tolist()
     out, start = [], 0
     for p in pending:
-        row = flat[start:start + 3 + len(p.keys)]
+        row = flat[start:start + 4 + len(p.keys)]
         start += len(row)
-        values = {**p.values, **dict(zip(p.keys, row[3:]))}
-        out.append(StepNumbers(p.step, row[0], row[1], row[2] > 0, values, p.skipped))
+        values = {**p.values, **dict(zip(p.keys, row[4:]))}
+        out.append(StepNumbers(p.step, row[0], row[1], row[2] > 0, values, p.skipped,
+                               row[3] > 0))
     return out
 
 
@@ -79,14 +82,16 @@ class StepRunner:
     """Runs optimizer steps of ``method`` (through ``model``) with the train config's settings.
 
     ``online_head``, when given, is trained on the detached ``StepOutput.embedding`` and the batch
-    labels after each forward pass; its numbers are logged with the step's.
+    labels after each forward pass; its numbers are logged with the step's. ``clock`` asks for
+    time-based checkpoints (``checkpoint.every_minutes``; none without it).
     """
 
     def __init__(self, method: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: ParamScheduler, scaler: Optional[torch.amp.GradScaler], train_cfg,
                  device: torch.device, world: int, total_steps: int, stop: StopSignal,
-                 online_head: Optional[nn.Module] = None):
+                 online_head: Optional[nn.Module] = None, clock: Optional[CheckpointClock] = None):
         self.method, self.model, self.optimizer = method, model, optimizer
+        self.clock = clock if clock is not None else CheckpointClock(None, device)
         self.scheduler, self.scaler, self.stop = scheduler, scaler, stop
         self.device, self.world, self.total_steps = device, world, total_steps
         self.online_head = online_head
@@ -125,7 +130,8 @@ class StepRunner:
                 else:
                     host[k] = host.get(k, 0.0) + float(v) / self.accumulate
         grad_norm = self._unscale_and_norm(step)
-        packed = torch.stack([loss_sum, grad_norm, self.stop.device_flag(), *metrics.values()])
+        packed = torch.stack([loss_sum, grad_norm, self.stop.device_flag(),
+                              self.clock.device_flag(), *metrics.values()])
         if self.world > 1:
             dist.all_reduce(packed, op=dist.ReduceOp.SUM)
             packed /= self.world

@@ -1,6 +1,8 @@
-"""Stopping on a signal: SIGTERM (``timeout``, ``scancel``, preemption) or SIGUSR1 (SLURM
-``--signal=USR1@120``) ends the run with a checkpoint at the step in flight, then exit code
-``128 + signal number`` (143 for SIGTERM, 138 for SIGUSR1), so a job script can requeue on it.
+"""Stopping on a signal: SIGINT (Ctrl-C), SIGTERM (``timeout``, ``scancel``, preemption) or
+SIGUSR1 (SLURM ``--signal=USR1@120``) ends the run with a checkpoint at the step in flight, then
+exit code ``128 + signal number`` (130 for SIGINT, 143 for SIGTERM, 138 for SIGUSR1), so a job
+script can requeue on it. A second Ctrl-C exits at once, without that checkpoint; so does a
+Ctrl-C before the first step (``arm``), when there is nothing to keep.
 
 The handler only sets a host-side flag. No step builds a tensor from it: the flag reaches the
 device by writing a buffer allocated once (``fill_`` from a Python scalar, no host-to-device copy),
@@ -10,13 +12,14 @@ are read back (log, checkpoint and epoch-end steps) and stop together.
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from typing import Dict, Optional
 
 import torch
 
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 
 class StopSignal:
@@ -26,6 +29,7 @@ class StopSignal:
         self.received: Optional[int] = None
         self.flag = torch.zeros((), device=device)
         self._written = False
+        self._armed = False
         self._previous: Dict[int, object] = {}
 
     def __enter__(self) -> "StopSignal":
@@ -39,7 +43,15 @@ class StopSignal:
             signal.signal(signum, previous)
         self._previous.clear()
 
+    def arm(self) -> None:
+        """From now on a first Ctrl-C stops after the step in flight, with a checkpoint."""
+        self._armed = True
+
     def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT and (self.received is not None or not self._armed):
+            why = "again" if self.received is not None else "before the first step"
+            os.write(2, f"\n[vissl_lite] SIGINT {why}: exiting now, without a checkpoint\n".encode())
+            raise SystemExit(128 + signal.SIGINT)
         self.received = signum
 
     def device_flag(self) -> torch.Tensor:

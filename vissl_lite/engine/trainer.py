@@ -4,9 +4,11 @@
 ``components.py``: method, model, optimizer, schedules, loader, monitor; ``resume.py``: the
 checkpoint to continue from), then loops over epochs and optimizer steps (``step.py``). Around
 the steps the loop reads their numbers back in batches (at log steps, before a checkpoint and at
-the end of an epoch), logs them (``logger.py``), runs the online monitor at the end of an epoch,
-writes checkpoints (``checkpoint.py``; ``best.pt`` follows a monitor metric), and stops cleanly on
-SIGTERM/SIGUSR1 (``stop.py``) or a non-finite loss. The trainer never names a method.
+the end of an epoch), logs them (``logger.py``; the printed lines also go to ``train.log``,
+``console.py``), runs the online monitor at the end of an epoch,
+writes checkpoints (``checkpoint.py``; ``best.pt`` follows a monitor metric; ``clock.py``: every
+``checkpoint.every_minutes``), and stops cleanly on SIGINT/SIGTERM/SIGUSR1 (``stop.py``) or a
+non-finite loss. The trainer never names a method.
 """
 from __future__ import annotations
 
@@ -19,15 +21,18 @@ import torch
 from torch import nn
 
 from vissl_lite import distributed as vdist
+from vissl_lite.augment.resolved import with_resolved_augment
 from vissl_lite.autoconf import describe_auto, resolve_auto
 from vissl_lite.config import save_config
 from vissl_lite.data.loader import describe_train_data
 from vissl_lite.engine.checkpoint import BEST, CheckpointManager, atomic_save
+from vissl_lite.engine.clock import CheckpointClock
 from vissl_lite.engine.components import Components, build_components
-from vissl_lite.engine.logger import RunLogger, log, setup_console_logging
+from vissl_lite.engine.console import TrainLog
+from vissl_lite.engine.logger import RunLogger, log, setup_console_logging, step_record
 from vissl_lite.engine.resume import checkpoint_state, find_and_check
 from vissl_lite.engine.rundir import prepare_output_dir
-from vissl_lite.engine.runtime import Runtime, micro_batch_size
+from vissl_lite.engine.runtime import Runtime, describe_batch, micro_batch_size
 from vissl_lite.engine.state import TrainState
 from vissl_lite.engine.step import (PendingStep, StepNumbers, StepRunner, non_finite_message,
                                     read_back)
@@ -55,10 +60,13 @@ class Trainer:
         self.state = TrainState()
         self.components: Optional[Components] = None
         self.logger: Optional[RunLogger] = None
+        self._train_log: Optional[TrainLog] = None
         self._runner: Optional[StepRunner] = None
         self._pending: List[PendingStep] = []     # steps whose numbers are still on the device
         self._window: List[StepNumbers] = []      # read back, not yet logged
         self._stop_requested = False
+        self._clock: Optional[CheckpointClock] = None
+        self._checkpoint_due = False
         self._saved_step: Optional[int] = None
         self._consecutive_skips = 0
         self._last_record: Dict[str, Any] = {}
@@ -70,24 +78,37 @@ class Trainer:
                                 or self.transform is not None)   # `auto` values, for this device
         auto_summary, self.cfg = describe_auto(self.cfg, resolved), resolved
         with StopSignal(runtime.device) as stop:
-            self._build(runtime, stop)
-            if auto_summary:
-                self.logger.info(auto_summary)   # what `auto` resolved to (config.yaml has it too)
             try:
+                self._build(runtime, stop)
+                if auto_summary:
+                    self.logger.info(auto_summary)  # what `auto` resolved to (config.yaml too)
                 result = self._loop(stop)
-            except BaseException:
-                self.logger.close(plot=False)
+            except BaseException as error:
+                self._close(plot=False, error=error)
                 raise
-        self.logger.close(plot=True)
+        self._close(plot=True)
         return result
+
+    def _close(self, plot: bool, error: Optional[BaseException] = None) -> None:
+        if self.logger is not None:
+            self.logger.close(plot=plot)
+        if self._train_log is not None:
+            if error is not None:
+                self._train_log.record_error(error)
+            self._train_log.close()
+            self._train_log = None
 
     def _build(self, runtime: Runtime, stop: StopSignal) -> None:
         cfg = self.cfg
         prepare_output_dir(self.output_dir, cfg.resume, cfg.overwrite, runtime.main)
         seed_everything(cfg.seed, cfg.deterministic)
         method = self.method if self.method is not None else build_method(cfg)
+        if self.transform is None:   # config.yaml and checkpoints record the views' values
+            cfg = self.cfg = with_resolved_augment(cfg, method.views)
         micro = micro_batch_size(cfg, method, runtime.world)
         ckpt_path, ckpt = find_and_check(cfg, self.output_dir, runtime.world)
+        if runtime.main:   # everything printed from here on is kept in the run folder too
+            self._train_log = TrainLog(self.output_dir, append=ckpt is not None)
         if ckpt is None and str(cfg.resume).lower() == "auto" and runtime.main:
             log.info(f"resume=auto: no checkpoint in {self.output_dir / 'checkpoints'}, "
                      f"starting a new run")
@@ -97,17 +118,20 @@ class Trainer:
         if runtime.main:
             save_config(cfg, self.output_dir / "config.yaml")
         self.logger = RunLogger(self.output_dir, cfg.logger, c.config_dict, enabled=runtime.main,
-                                resume_step=self.state.step if ckpt is not None else None)
+                                resume_step=self.state.step if ckpt is not None else None,
+                                train_log=self._train_log)
         if ckpt is not None:
             self.logger.info(f"resumed from {ckpt_path} at step {self.state.step} (epoch "
                              f"{self.state.epoch}, batch {self.state.batch_in_epoch})")
-        self.logger.info(f"device {runtime.device}, precision {cfg.train.precision}, "
+        batch = describe_batch(cfg.train.batch_size, runtime.world, cfg.train.accumulate)
+        self.logger.info(f"device {runtime.device}, {batch}, precision {cfg.train.precision}, "
                          f"{describe_train_data(cfg, c.loader)}, output {self.output_dir}")
         self.last_checkpoint = ckpt_path
         self._saved_step = self.state.step if ckpt_path is not None else None
+        self._clock = CheckpointClock(cfg.checkpoint.every_minutes, runtime.device)
         self._runner = StepRunner(c.method, c.model, c.optimizer, c.scheduler, c.scaler,
                                   cfg.train, runtime.device, runtime.world, c.total_steps, stop,
-                                  c.online_head)
+                                  c.online_head, self._clock)
 
     # ------------------------------------------------------------------ the loop
     def _loop(self, stop: StopSignal) -> Dict[str, Any]:
@@ -117,6 +141,7 @@ class Trainer:
         if s.step == 0 and c.monitor is not None and cfg.monitor.at_start:
             self._monitor_at_start()
         self.logger.start_progress(total, s.step)
+        stop.arm()
         window_start, window_steps = time.perf_counter(), 0
         step_save = False
         while s.step < total:
@@ -140,6 +165,7 @@ class Trainer:
                     window_start, window_steps = time.perf_counter(), 0
                 if self._stop_requested:
                     self._stop_on_signal(stop)
+                step_save |= self._checkpoint_due
                 if step_save and s.batch_in_epoch < per_epoch:
                     self._save()
             if s.batch_in_epoch >= per_epoch:
@@ -178,6 +204,7 @@ class Trainer:
             if math.isfinite(numbers.loss):
                 self.state.add_loss(numbers.loss)
             self._stop_requested |= numbers.stop
+            self._checkpoint_due |= numbers.checkpoint_due
 
     def _count_skip(self, numbers: StepNumbers) -> None:
         self.state.skipped_steps += 1
@@ -193,14 +220,8 @@ class Trainer:
 
     def _log_window(self, steps_per_s: float) -> None:
         window, self._window = self._window, []
-        rows = [{"loss": n.loss, "grad_norm": n.grad_norm, **n.values} for n in window]
-        record: Dict[str, Any] = {"type": "step", "step": self.state.step,
-                                  "epoch": self.state.epoch}
-        for k in rows[-1]:
-            values = [r[k] for r in rows if k in r]
-            record[k] = sum(values) / len(values)
-        record["lr"], record["wd"] = rows[-1]["lr"], rows[-1]["wd"]
-        record["img_per_s"] = steps_per_s * self.cfg.train.batch_size
+        record = step_record(window, self.state.step, self.state.epoch,
+                             steps_per_s * self.cfg.train.batch_size)
         self._last_record = record
         self.logger.write(record)
         self.logger.progress(len(window), loss=record["loss"], lr=record["lr"],
@@ -217,24 +238,13 @@ class Trainer:
         self.logger.info(f"epoch {epoch + 1}: {_numbers(results)}")
         self.logger.write({"type": "epoch", "step": s.step, "epoch": epoch + 1,
                            **{("epoch_loss" if k == "loss" else k): v for k, v in results.items()}})
-        is_best = self._is_best(results)
+        is_best = cfg.checkpoint.save_best and s.improve_best(cfg.checkpoint.best_metric, results)
         every = cfg.checkpoint.every_epochs
         scheduled = bool(every) and (epoch + 1) % every == 0
         if scheduled or s.step >= self.components.total_steps or force_save:
             self._save(is_best=is_best)
         elif is_best:
             self._save(is_best=True, best_only=True)
-
-    def _is_best(self, results: Dict[str, Any]) -> bool:
-        """Whether ``checkpoint.best_metric`` (a monitor metric, higher is better) improved."""
-        cp, s = self.cfg.checkpoint, self.state
-        if not cp.save_best or cp.best_metric not in results:
-            return False
-        value = float(results[cp.best_metric])
-        if not math.isfinite(value) or (s.best is not None and value <= s.best):
-            return False
-        s.best = value
-        return True
 
     def _monitor_at_start(self) -> None:
         """``monitor.at_start``: the encoder at initialisation, the baseline for every later epoch."""
@@ -261,6 +271,8 @@ class Trainer:
         if not best_only:
             self.last_checkpoint = self.manager.last
             self._saved_step = self.state.step
+            self._checkpoint_due = False
+            self._clock.restart()
 
     def _stop_on_signal(self, stop: StopSignal) -> None:
         self._save()

@@ -145,9 +145,10 @@ def _loader_len(loader: DataLoader) -> Optional[int]:
 
 
 def _progress_bar(total: Optional[int], enabled: bool) -> tqdm:
-    """Images encoded so far, with the rate in images/s (rank 0 only; a no-op bar otherwise)."""
+    """Images encoded so far, with the rate in images/s (rank 0 only, and only on a terminal:
+    ``disable=None``; elsewhere its redraws would be garbage in the log; a no-op bar otherwise)."""
     return tqdm(total=total, desc="extracting features", unit="img", leave=False,
-                dynamic_ncols=True, disable=not (enabled and dist.is_main()))
+                dynamic_ncols=True, disable=None if enabled and dist.is_main() else True)
 
 
 def file_digest(path: Union[str, os.PathLike], chunk: int = 1 << 22) -> str:

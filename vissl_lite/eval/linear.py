@@ -176,7 +176,7 @@ def linear_probe_augmented(encoder: nn.Module, train_dataset: Dataset, test_data
     epoch_iter = range(epochs)
     if progress:
         from tqdm.auto import tqdm
-        epoch_iter = tqdm(epoch_iter, desc="linear probe", leave=False)
+        epoch_iter = tqdm(epoch_iter, desc="linear probe", leave=False, disable=None)  # tty only
     loss = torch.tensor(float("nan"))
     for _ in epoch_iter:
         head.train()
