@@ -26,9 +26,11 @@ from vissl_lite.augment.spec import ViewSpec  # noqa: E402
 from vissl_lite.distributed import gather_with_grad  # noqa: E402
 from vissl_lite.schedules import cosine_schedule  # noqa: E402
 from vissl_lite.methods.base import Method, StepOutput  # noqa: E402
-from vissl_lite.registry import METHODS  # noqa: E402
+from vissl_lite.registry import BACKBONES, METHODS  # noqa: E402
 
 
+@BACKBONES.register("toy_wide", help="the toy encoder under a second name (checkpoint mismatch tests)")
+@BACKBONES.register("toy", help="toy conv encoder for the engine tests")
 class ToyEncoder(nn.Module):
     family = "resnet"
 
