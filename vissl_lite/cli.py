@@ -151,7 +151,8 @@ def build_parser(with_evaluators: bool = True) -> argparse.ArgumentParser:
         description="Self-supervised pretraining and evaluation from YAML presets. "
                     "`vissl-lite list` shows the methods, backbones, data sets, evaluators and "
                     "presets there are.")
-    parser.add_argument("--version", action="version", version=f"vissl_lite {vissl_lite.__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"vissl_lite {vissl_lite.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("pretrain", help="train a method from a YAML preset", parents=[folders],
@@ -196,14 +197,15 @@ def build_parser(with_evaluators: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", help="split to write (default train)")
     p.set_defaults(func=cmd_shard)
 
-    p = sub.add_parser("config", help="print a preset's resolved and validated config", parents=[folders],
+    p = sub.add_parser("config", help="print a preset's resolved and validated config",
+                       parents=[folders],
                        description="Load, merge and validate a preset with overrides, print YAML.")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser("list", help="list registered methods, backbones, data sets, evaluators, presets",
-                       parents=[folders],
+    p = sub.add_parser("list", parents=[folders],
+                       help="list registered methods, backbones, data sets, evaluators, presets",
                        description="List what a config can name.")
     p.add_argument("what", nargs="?", choices=["methods", "backbones", "datasets", "evaluators",
                                                "presets"])

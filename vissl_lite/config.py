@@ -107,7 +107,8 @@ def _check_known(key: str, source: str) -> None:
     if not section and leaf in OmegaConf.structured(ExperimentConfig):
         return
     known = [f"{section}.{k}" if section else str(k)
-             for k in (node if isinstance(node, DictConfig) else OmegaConf.structured(ExperimentConfig))]
+             for k in (node if isinstance(node, DictConfig)
+                       else OmegaConf.structured(ExperimentConfig))]
     close = difflib.get_close_matches(key, known, n=1)
     hint = f"did you mean '~{close[0]}'?" if close else "`vissl-lite config CONFIG` shows the keys"
     raise ConfigError(f"{source}: unknown key '{key}' ({hint})")

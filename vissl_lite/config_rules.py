@@ -30,7 +30,8 @@ def backbone_mismatch(method: str, supported: Sequence[str], backbone_name: str,
     """The error text when ``method`` cannot train a ``family`` backbone, else ``None``."""
     if not supported or family is None or family in supported:
         return None
-    examples = ", ".join(f"backbone.name={EXAMPLE_BACKBONE[f]}" for f in supported if f in EXAMPLE_BACKBONE)
+    examples = ", ".join(f"backbone.name={EXAMPLE_BACKBONE[f]}" for f in supported
+                         if f in EXAMPLE_BACKBONE)
     return (f"method '{method}' needs a {' or '.join(supported)} backbone, got "
             f"backbone.name={backbone_name} ({family}); pick one, e.g. {examples} (see "
             f"`vissl-lite list backbones`)")
@@ -50,7 +51,8 @@ def check_method_backbone(sources: List[Tuple[str, DictConfig]], method: str,
     message = backbone_mismatch(method, supported, name, getattr(builder, "family", None))
     if message:
         raise ConfigError(message)
-    setters = [i for i, (_, c) in enumerate(sources) if OmegaConf.select(c, "backbone.name") is not None]
+    setters = [i for i, (_, c) in enumerate(sources)
+               if OmegaConf.select(c, "backbone.name") is not None]
     accepted = set(inspect.signature(builder).parameters) | {"name", "pretrained_path"}
     options = {f.name for f in dataclasses.fields(BackboneConfig)}
     for _, cfg in sources[:setters[-1]] if setters else []:

@@ -31,7 +31,8 @@ FOLDER_KEYS = ("plugins", "configs")
 
 def read_yaml(path: Path) -> DictConfig:
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path} (check the path; presets live in configs/)")
+        raise ConfigError(f"config file not found: {path} (check the path; presets live in "
+                          f"configs/)")
     try:
         cfg = OmegaConf.load(path)
     except Exception as e:  # yaml.YAMLError and friends
@@ -102,9 +103,9 @@ def _find_parent(entry: str, child: Path) -> Path:
         if (root / relative).is_file() and not relative.is_absolute():
             return root / relative
     roots = ", ".join(display(r) for r in preset_roots()) or "(none)"
-    raise ConfigError(f"{display(child)}: defaults entry '{entry}' is neither a file ({display(candidate)}) "
-                      f"nor a preset name in the preset folders ({roots}); fix the path or pick a "
-                      f"name from `vissl-lite list presets`")
+    raise ConfigError(f"{display(child)}: defaults entry '{entry}' is neither a file "
+                      f"({display(candidate)}) nor a preset name in the preset folders ({roots}); "
+                      f"fix the path or pick a name from `vissl-lite list presets`")
 
 
 def display(path: Path) -> str:
@@ -123,7 +124,8 @@ def parse_overrides(overrides: Sequence[str]) -> Tuple[List[Source], List[Tuple[
         if item.startswith("~"):
             key = item[1:].split("=", 1)[0]
             if not key:
-                raise ConfigError(f"override '{item}': give the key to remove, e.g. ~backbone.pos_embed")
+                raise ConfigError(f"override '{item}': give the key to remove, e.g. "
+                                  f"~backbone.pos_embed")
             removals.append((len(out), key, f"command-line override '{item}'"))
             continue
         if "=" not in item:

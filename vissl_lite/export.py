@@ -141,5 +141,6 @@ def export_backbone(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathL
     # safetensors metadata holds strings only: JSON text of each value
     _save(_state(backbone), out, {**{k: v if isinstance(v, str) else json.dumps(v)
                                      for k, v in options.items()}, "load": how})
-    Path(f"{out}.json").write_text(json.dumps({**options, "format": fmt, "load": how}, indent=2) + "\n")
+    card = {**options, "format": fmt, "load": how}
+    Path(f"{out}.json").write_text(json.dumps(card, indent=2) + "\n")
     return how

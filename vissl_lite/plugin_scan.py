@@ -47,7 +47,8 @@ def _literal(node: Optional[ast.AST], constants: Dict[str, object]) -> Optional[
     if node is None:
         return None
     try:
-        value = eval(compile(ast.Expression(node), "<help>", "eval"), {"__builtins__": {}}, constants)
+        code = compile(ast.Expression(node), "<help>", "eval")
+        value = eval(code, {"__builtins__": {}}, constants)
     except Exception:  # noqa: BLE001 - not computable from constants: import the module instead
         return None
     return value if isinstance(value, str) else None
@@ -56,7 +57,8 @@ def _literal(node: Optional[ast.AST], constants: Dict[str, object]) -> Optional[
 def _constants(tree: ast.Module) -> Dict[str, object]:
     found: Dict[str, object] = {}
     for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 \
+                and isinstance(node.targets[0], ast.Name):
             try:
                 found[node.targets[0].id] = ast.literal_eval(node.value)
             except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
@@ -87,12 +89,13 @@ def declarations(path: Path, module: str, symbol: str) -> Optional[List[Declarat
             name_node = deco.args[0] if deco.args else args.pop("name", None)
             help_node = deco.args[1] if len(deco.args) > 1 else args.pop("help", None)
             name, help_text = _literal(name_node, constants), _literal(help_node, constants)
-            if (name_node is not None and name is None) or (help_node is not None and help_text is None) \
-                    or args or len(deco.args) > 2:
+            unread = (name_node is not None and name is None) or \
+                (help_node is not None and help_text is None)
+            if unread or args or len(deco.args) > 2:
                 return None
             doc = (ast.get_docstring(node) or "").strip().splitlines()
-            found.append(Declaration((name or node.name).lower(), help_text or (doc[0] if doc else ""),
-                                     node.name, module, path))
+            found.append(Declaration((name or node.name).lower(),
+                                     help_text or (doc[0] if doc else ""), node.name, module, path))
     uses = [n for n in ast.walk(tree) if _is_register(n, symbol)]
     return found if all(id(n) in decorators for n in uses) else None
 
@@ -169,8 +172,9 @@ def _bind_imports(node: ast.stmt, light: types.ModuleType) -> None:
     if isinstance(node, ast.Import):
         for alias in node.names:
             if _stdlib(alias.name):
-                light.__dict__[alias.asname or alias.name.split(".")[0]] = \
-                    importlib.import_module(alias.name if alias.asname else alias.name.split(".")[0])
+                top = alias.name.split(".")[0]
+                light.__dict__[alias.asname or top] = \
+                    importlib.import_module(alias.name if alias.asname else top)
         return
     if node.level or not node.module:
         return
@@ -186,7 +190,8 @@ def _bind_imports(node: ast.stmt, light: types.ModuleType) -> None:
 
 
 def _calls(node: Optional[ast.AST]) -> bool:
-    """Whether an assigned value calls anything (not run: ``METHODS = Registry(...)`` and the like)."""
+    """Whether an assigned value calls anything (not run: ``METHODS = Registry(...)`` and the
+    like)."""
     return node is not None and any(isinstance(n, ast.Call) for n in ast.walk(node))
 
 

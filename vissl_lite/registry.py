@@ -66,13 +66,13 @@ def add_plugins(paths: List[str]) -> None:
 
 def plugin_sources() -> List[str]:
     """Where plugins are looked for, in words (``vissl-lite list`` prints it)."""
+    entry_points = [e.value for e in metadata.entry_points(group=ENTRY_POINT_GROUP)]
     packages = [r.package for r in ALL_REGISTRIES.values() if r.package]
     folders = [str(p.parent) if p else m for m in packages for p in [module_path(m)]]
     external = plugin_specs()
     return [*dict.fromkeys(folders),
             f"${PLUGINS_ENV} / --plugins: {', '.join(external) if external else '(none)'}",
-            f"entry points '{ENTRY_POINT_GROUP}': "
-            f"{', '.join(e.value for e in metadata.entry_points(group=ENTRY_POINT_GROUP)) or '(none)'}"]
+            f"entry points '{ENTRY_POINT_GROUP}': {', '.join(entry_points) or '(none)'}"]
 
 
 def external_modules() -> List[Tuple[str, Optional[Path]]]:
@@ -81,16 +81,16 @@ def external_modules() -> List[Tuple[str, Optional[Path]]]:
     for spec in plugin_specs():
         path = Path(spec).expanduser()
         if path.is_dir():
-            found += [(f"vissl_lite_plugin_{f.stem}", f.resolve()) for f in sorted(path.glob("*.py"))
-                      if not f.name.startswith("_")]
+            found += [(f"vissl_lite_plugin_{f.stem}", f.resolve())
+                      for f in sorted(path.glob("*.py")) if not f.name.startswith("_")]
         elif spec.endswith(".py"):
             if not path.is_file():
                 raise RegistryError(f"{PLUGINS_ENV} names {spec}, which is not a file")
             found.append((f"vissl_lite_plugin_{path.stem}", path.resolve()))
         else:
             if "/" in spec or os.sep in spec:
-                raise RegistryError(f"{PLUGINS_ENV} names {spec}, which is not a folder, a .py file "
-                                    f"or a module name")
+                raise RegistryError(f"{PLUGINS_ENV} names {spec}, which is not a folder, a .py "
+                                    f"file or a module name")
             found.append((spec, module_path(spec)))
     return found
 
@@ -124,7 +124,8 @@ def load_external_plugins() -> None:
 
 
 class Registry:
-    """A named mapping ``name -> constructor`` filled with the ``@registry.register(name)`` decorator."""
+    """A named mapping ``name -> constructor`` filled by the ``@registry.register(name)``
+    decorator."""
 
     def __init__(self, kind: str, package: Optional[str] = None, scan: bool = True,
                  symbol: Optional[str] = None):
@@ -161,14 +162,16 @@ class Registry:
                     continue
                 for d in found:
                     if d.name in declared and declared[d.name].module != d.module:
-                        raise RegistryError(f"{self.kind} '{d.name}' is registered twice ({declared[d.name].path} "
-                                            f"and {d.path}); pick another name.")
+                        raise RegistryError(f"{self.kind} '{d.name}' is registered twice "
+                                            f"({declared[d.name].path} and {d.path}); pick "
+                                            f"another name.")
                     declared[d.name] = d
             self._declared = declared
         return self._declared
 
     def _import(self, module: str, path: Optional[Path]) -> None:
-        if module.startswith("vissl_lite_plugin_") or (self.package and not module.startswith(self.package)):
+        external = self.package and not module.startswith(self.package)
+        if module.startswith("vissl_lite_plugin_") or external:
             import_plugin(module, path)
         else:
             importlib.import_module(module)

@@ -84,7 +84,8 @@ class RunLogger:
         elif self.jsonl.exists():
             self.jsonl.unlink()
         self._init_wandb(config_dict, resumed=resume_step is not None)
-        self.tensorboard = TensorBoardMirror.open(self.dir, getattr(logger_cfg, "tensorboard", False))
+        self.tensorboard = TensorBoardMirror.open(self.dir,
+                                                  getattr(logger_cfg, "tensorboard", False))
 
     def _truncate_after(self, step: int) -> None:
         """Drop records a killed run wrote after its last checkpoint (they will be redone)."""
