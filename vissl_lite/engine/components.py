@@ -24,6 +24,7 @@ from vissl_lite.engine.schedules import ParamScheduler
 from vissl_lite.engine.state import TrainState
 from vissl_lite.errors import ConfigError
 from vissl_lite.eval.monitor import OnlineLinearHead, OnlineMonitor
+from vissl_lite.methods.base import per_rank_buffer_names
 from vissl_lite.rng import derive_seed, preserved_rng, seed_everything
 
 
@@ -93,9 +94,20 @@ def build_components(cfg, runtime: Runtime, method: nn.Module, micro_batch: int,
 
 
 def _wrap(method: nn.Module, runtime: Runtime, train_cfg) -> nn.Module:
+    """DDP (several ranks) and ``torch.compile`` around the method.
+
+    DDP broadcasts rank 0's buffers when it is built and before every forward; the method's
+    per-rank buffers (``Method.per_rank_buffers``, e.g. SwAV's queue) go on DDP's ignore list so
+    that each rank keeps its own, at the start (a resumed rank's restored queue) and every step.
+    ``broadcast_buffers=False`` would also stop the broadcast of BatchNorm's running statistics
+    (and is deprecated since torch 2.13), so the ignore list is the narrower tool."""
     model: nn.Module = method
     if runtime.world > 1:
         device = runtime.device
+        per_rank = per_rank_buffer_names(method)
+        if per_rank:
+            nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                method, per_rank)
         model = nn.parallel.DistributedDataParallel(
             method, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=train_cfg.find_unused_parameters)

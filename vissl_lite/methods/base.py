@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, Optional
+from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -81,6 +81,17 @@ def check_backbone_family(method_cls: type, backbone: nn.Module, backbone_name: 
                           f"backbone.name={'vit_tiny_patch4' if 'vit' in supported else 'resnet18'}")
 
 
+def per_rank_buffer_names(module: nn.Module) -> List[str]:
+    """Fully qualified names of the per-rank buffers of ``module`` and its submodules (an add-on's
+    base method included): what the engine hands DDP to leave alone and checkpoints per rank.
+
+    Everything else DDP may broadcast from rank 0: BatchNorm's running statistics and state that
+    is equal on every rank by construction (DINO's all-reduced center, step counters)."""
+    return [f"{prefix}.{name}" if prefix else name
+            for prefix, sub in module.named_modules()
+            for name in getattr(type(sub), "per_rank_buffers", ())]
+
+
 class Method(nn.Module):
     """Base class of every method plugin (see module docstring).
 
@@ -99,6 +110,9 @@ class Method(nn.Module):
     #: config overrides giving a small instance (narrow heads) for the generic tests, which are
     #: parametrised over the registry, and for CPU smoke benchmarks
     tiny_config: ClassVar[Dict[str, Any]] = {}
+    #: names of this module's buffers that hold its rank's own data (SwAV's queue): DDP never
+    #: broadcasts them and a checkpoint keeps every rank's copy (``per_rank_buffer_names``)
+    per_rank_buffers: ClassVar[Tuple[str, ...]] = ()
     #: training_step compiles as one graph (tests/test_step_hygiene.py checks every method), so
     #: ``train.compile=auto`` turns torch.compile on for it on a GPU; set False to opt out
     compile_ok: ClassVar[bool] = True
