@@ -29,6 +29,7 @@ from vissl_lite.eval.config import MonitorConfig
 from vissl_lite.errors import ConfigError, RegistryError
 from vissl_lite.presets import resolve_preset
 from vissl_lite.registry import METHODS
+from vissl_lite.shapes import check_run_shape
 
 
 @dataclass
@@ -232,6 +233,7 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[st
     if missing:
         raise ConfigError(f"missing required value '{missing[0]}': set it in the config file or "
                           f"on the command line ({missing[0]}=...)")
+    check_run_shape(cfg, global_view_size(cfg))
     OmegaConf.set_readonly(cfg, True)
     return cfg
 

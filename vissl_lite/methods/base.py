@@ -31,6 +31,7 @@ from torch import nn
 
 from vissl_lite.augment.spec import ViewSpec
 from vissl_lite.errors import ConfigError
+from vissl_lite.shapes import RunShape
 
 
 @dataclass
@@ -124,6 +125,19 @@ class Method(nn.Module):
         self.backbone = backbone
         self.total_steps = 0
         self.steps_per_epoch = 0
+
+    @classmethod
+    def check_run(cls, cfg: Any, shape: RunShape) -> None:
+        """Load-time rules (``vissl_lite.shapes``): ``cfg``, the method section, validated into
+        ``Config`` (its range checks run), the smallest batch, then ``check_shape``."""
+        c = method_config(cls.Config, cfg)
+        shape.check_min_batch(c.name, cls.min_batch_size)
+        cls.check_shape(c, shape)
+
+    @classmethod
+    def check_shape(cls, cfg: Any, shape: RunShape) -> None:
+        """What the method needs of the batch split and view sizes (``cfg`` is its validated
+        ``Config``), known from the config alone: raise a ConfigError naming the key and the fix."""
 
     def setup(self, total_steps: int, steps_per_epoch: int) -> None:
         """Called once by the trainer before the first step (schedules that depend on run length)."""

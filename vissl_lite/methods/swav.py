@@ -47,6 +47,7 @@ from vissl_lite.methods.base import Method, StepOutput
 from vissl_lite.methods.dino import _forward_by_resolution
 from vissl_lite.methods.heads import projection_mlp
 from vissl_lite.registry import METHODS
+from vissl_lite.shapes import RunShape
 
 
 @dataclass
@@ -130,6 +131,18 @@ class SwAV(Method):
         self.register_buffer("queue", torch.zeros(2, rows, c.proj_output_dim), persistent=False)
         self.steps_done = 0           # optimizer steps completed (a Python int, never a tensor)
         self.queue_refill_from = -1   # step at which an empty queue restarted (-1: at the start)
+
+    @classmethod
+    def check_shape(cls, cfg: SwAVConfig, shape: RunShape) -> None:
+        """The queue takes whole batches: ``queue_length`` is 0 or a multiple of the global batch
+        per loss (the reference: ``queue_length -= queue_length % (batch_size * world_size)``),
+        so each rank's ``queue_length / world`` rows hold whole micro-batches."""
+        q, n = cfg.queue_length, shape.per_loss
+        if q and q % n:
+            fix = f"{q - q % n} or " if q > n else ""
+            raise ConfigError(f"method.queue_length={q} must be 0 or a multiple of the global batch "
+                              f"per loss, train.batch_size / train.accumulate = {n}; set "
+                              f"method.queue_length={fix}0")
 
     @torch.no_grad()
     def _normalize_prototypes(self) -> None:
