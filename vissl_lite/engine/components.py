@@ -61,11 +61,7 @@ def build_components(cfg, runtime: Runtime, method: nn.Module, micro_batch: int,
     method.to(device)
     if t.channels_last:
         method.to(memory_format=torch.channels_last)
-    if t.sync_bn and runtime.world > 1:
-        if device.type == "cuda":
-            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
-        elif runtime.main:
-            log.warning("train.sync_bn=true is ignored on CPU (torch's SyncBatchNorm is GPU-only)")
+    method = sync_batchnorm(method, runtime, t.sync_bn)
     method.check_data_size(train_data_size(loader))
     method.setup(total_steps, steps_per_epoch)
     method.train()
@@ -91,6 +87,19 @@ def build_components(cfg, runtime: Runtime, method: nn.Module, micro_batch: int,
         seed_everything(derive_seed(cfg.seed, runtime.rank, RUNTIME_STREAM), cfg.deterministic)
     components.model = _wrap(method, runtime, t)
     return components, state
+
+
+def sync_batchnorm(method: nn.Module, runtime: Runtime, enabled: bool) -> nn.Module:
+    """BatchNorm -> SyncBatchNorm (``train.sync_bn``) when training runs on several CUDA ranks (as
+    MoCo v3's main_moco.py whenever it runs distributed); one process keeps plain BatchNorm, and
+    on CPU torch has no SyncBatchNorm (a warning)."""
+    if not enabled or runtime.world == 1:
+        return method
+    if runtime.device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    if runtime.main:
+        log.warning("train.sync_bn=true is ignored on CPU (torch's SyncBatchNorm is GPU-only)")
+    return method
 
 
 def _wrap(method: nn.Module, runtime: Runtime, train_cfg) -> nn.Module:
