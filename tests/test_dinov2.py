@@ -3,12 +3,14 @@ against formulas and lightly, masked global crops with a fixed count, register t
 lr decay through the optimizer's groups, one compiled graph, presets, real CIFAR-10 steps."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from _helpers import load_cifar_images, real_cifar_losses, tiny_backbone, tiny_method, views_batch
 from vissl_lite.backbones.vit import ViT
+from vissl_lite.augment.masks import random_patch_mask
 from vissl_lite.config import load_config
 from vissl_lite.engine.optim import param_groups
 from vissl_lite.engine.schedules import ParamScheduler
@@ -187,3 +189,108 @@ def test_steps_on_real_cifar10_lower_the_loss(cifar_root):
     losses = real_cifar_losses(method, load_cifar_images(cifar_root, 64), steps=12, batch=32,
                                lr=1e-3, num_views=2)
     assert sum(losses[-3:]) < 0.9 * sum(losses[:3]), losses
+
+
+def official_koleo(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """facebookresearch/dinov2 dinov2/loss/koleo_loss.py, KoLeoLoss.forward, written out."""
+    x = F.normalize(x, eps=eps, p=2, dim=-1)
+    dots = torch.mm(x, x.t())
+    n = x.shape[0]
+    dots.view(-1)[:: (n + 1)].fill_(-1)
+    nearest = torch.max(dots, dim=1).indices
+    return -torch.log(torch.nn.PairwiseDistance(2, eps=eps)(x, x[nearest]) + eps).mean()
+
+
+def test_koleo_is_summed_over_the_two_global_crops_as_ssl_meta_arch():
+    """ssl_meta_arch.py: koleo_loss_weight * sum(koleo(p) for p in student_cls_tokens.chunk(2)),
+    on the student's (masked) global CLS tokens, not the mean over the two crops."""
+    torch.manual_seed(0)
+    method = tiny_method("dinov2", num_local_crops=0, dino_loss_weight=0.0, ibot_loss_weight=0.0,
+                         koleo_loss_weight=0.3).train()
+    method.setup(total_steps=10, steps_per_epoch=5)
+    batch = views_batch(method, batch=6)
+    torch.manual_seed(7)
+    out = method.training_step(batch)
+    torch.manual_seed(7)                                  # the same masks (drawn first)
+    glob = torch.cat(batch["views"][:2])
+    masks = random_patch_mask(glob.shape[0], method.backbone.num_patches, method.cfg.mask_ratio)
+    with torch.no_grad():
+        cls = method.backbone.forward_all_tokens(glob, masks.mask, method.mask_token)[:, 0]
+    want = 0.3 * sum(official_koleo(p) for p in cls.chunk(2))
+    torch.testing.assert_close(out.loss.detach(), want)
+    torch.testing.assert_close(out.metrics["koleo_loss"], want / 0.3)
+
+
+def _preset_head_config(tmp_path, out_dim: int = 4096) -> dict:
+    """The ImageNet preset's head settings (prototypes cut to ``out_dim`` to keep the test light)."""
+    m = load_config("dinov2/imagenet_vit_small", [f"data.root={tmp_path}"]).method
+    return {"hidden_dim": m.hidden_dim, "bottleneck_dim": m.bottleneck_dim,
+            "head_layers": m.head_layers, "separate_patch_head": m.separate_patch_head,
+            "out_dim": out_dim, "patch_out_dim": out_dim, "num_local_crops": 0}
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm.*deprecated:FutureWarning")
+def test_heads_train_their_weight_norm_and_equal_lightly_dinov2_head(tmp_path):
+    """dino_head.py and lightly's DINOv2ProjectionHead: weight_norm(Linear) with weight_g filled
+    with 1 and left trainable (DINO v1's norm_last_layer=True froze it); values and gradients of
+    every parameter, weight_g included, equal lightly's head with the same weights."""
+    heads = pytest.importorskip("lightly.models.modules.heads", reason="lightly (test-only oracle)")
+    torch.manual_seed(0)
+    cfg = _preset_head_config(tmp_path)
+    method = DINOv2(tiny_backbone(DINOv2), {**DINOv2.tiny_config, **cfg})
+    for head in (method.head, method.patch_head):
+        assert head.last_layer.weight_g.requires_grad
+        torch.testing.assert_close(head.last_layer.weight_g, torch.ones(cfg["out_dim"], 1))
+    decayed = {id(p) for g in param_groups(method, 0.04) for p in g["params"]}
+    assert id(method.head.last_layer.weight_g) in decayed
+
+    ours = method.head
+    dim = method.backbone.embed_dim
+    theirs = heads.DINOv2ProjectionHead(dim, cfg["hidden_dim"], cfg["bottleneck_dim"], cfg["out_dim"])
+    our_linears = [m for m in ours.mlp if isinstance(m, torch.nn.Linear)]
+    their_linears = [m for m in theirs.layers if isinstance(m, torch.nn.Linear)]
+    assert len(our_linears) == len(their_linears) == cfg["head_layers"]
+    with torch.no_grad():
+        for a, b in zip(our_linears, their_linears):
+            b.weight.copy_(a.weight)
+            b.bias.copy_(a.bias)
+        theirs.last_layer.weight_v.copy_(ours.last_layer.weight_v)
+        for head in (ours, theirs):                       # make g differ from 1 to see it act
+            head.last_layer.weight_g.copy_(torch.linspace(0.5, 1.5, cfg["out_dim"])[:, None])
+    ours.double(), theirs.double()                         # float64: no rounding to tolerate
+    x = torch.randn(5, dim, dtype=torch.float64)
+    r = torch.randn(5, cfg["out_dim"], dtype=torch.float64)
+    y_ours, y_theirs = ours(x), theirs(x)
+    torch.testing.assert_close(y_ours, y_theirs)
+    (y_ours * r).sum().backward()
+    (y_theirs * r).sum().backward()
+    pairs = [(a.weight, b.weight) for a, b in zip(our_linears, their_linears)]
+    pairs += [(a.bias, b.bias) for a, b in zip(our_linears, their_linears)]
+    pairs += [(ours.last_layer.weight_g, theirs.last_layer.weight_g),
+              (ours.last_layer.weight_v, theirs.last_layer.weight_v)]
+    for a, b in pairs:
+        assert a.grad is not None and a.grad.abs().sum() > 0
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+def official_teacher_temp(it: int, warmup: float, final: float, warmup_iters: int) -> float:
+    """dinov2/train/train.py teacher_temp_schedule: CosineScheduler(base_value=final,
+    final_value=final, total_iters=W, warmup_iters=W, start_warmup_value=warmup)[it]."""
+    schedule = np.concatenate([np.linspace(warmup, final, warmup_iters),
+                               final + 0.5 * (final - final) * (1 + np.cos(np.pi * np.arange(0)))])
+    return final if it >= warmup_iters else float(schedule[it])
+
+
+def test_teacher_temperature_warms_up_per_iteration():
+    method = tiny_method("dinov2", warmup_teacher_temp=0.04, teacher_temp=0.07,
+                         warmup_teacher_temp_epochs=3).train()
+    method.setup(total_steps=40, steps_per_epoch=5)       # a warm-up of 15 iterations
+    seen = [float(method.current_teacher_temp)]
+    for step in range(20):
+        method.on_step_end(step, 40)
+        seen.append(float(method.current_teacher_temp))
+    want = [official_teacher_temp(it, 0.04, 0.07, 15) for it in range(21)]
+    np.testing.assert_allclose(seen, want, rtol=1e-6)
+    assert len(set(seen[:6])) == 6                        # it moves within the first epoch
+    out = method.training_step(views_batch(method))
+    assert float(out.metrics["teacher_temp"]) == pytest.approx(0.07)

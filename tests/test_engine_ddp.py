@@ -156,6 +156,45 @@ def run_unshared_resume(output_dir: Path, checkpoint: Path) -> None:
     (output_dir / f"rank{rank}.txt").write_text(message)
 
 
+SWAV = ["method.proj_hidden_dim=16", "method.proj_output_dim=8", "method.num_prototypes=12",
+        "method.num_local_crops=0", "method.queue_length=32", "method.epoch_queue_starts=1",
+        "method.freeze_prototypes_epochs=0", "optim.lr=0.1", "checkpoint.every_epochs=0",
+        "checkpoint.save_best=false", "optim.warmup_epochs=0"]
+
+
+def _swav_fit(output_dir: Path, *overrides: str):
+    """SwAV with a per-rank queue of 16 rows (32 over 2 ranks, 8 samples per rank per step) on
+    the toy data, 4 steps per epoch; returns (the method, what it pushed, its queue at the
+    first push, i.e. as restored or initialised)."""
+    from vissl_lite.config import default_config
+    from vissl_lite.engine import Trainer
+    from vissl_lite.methods.swav import SwAV
+    cfg = default_config("swav", [*_toy.BASE, *SWAV, f"output_dir={output_dir}", *overrides])
+    torch.manual_seed(cfg.seed)
+    method = SwAV(FlatEncoder(), cfg.method)
+    pushed, seen = [], {}
+    push = method._push_to_queue
+
+    def record(z_global):
+        seen.setdefault("queue_at_start", method.queue.clone())
+        pushed.append([z.detach().clone() for z in z_global])
+        push(z_global)
+
+    method._push_to_queue = record
+    Trainer(cfg, method=method, dataset=_toy.ToyImages(64), transform=_toy.toy_views).fit()
+    return method, pushed, seen["queue_at_start"]
+
+
+def run_swav_queue(output_dir: Path) -> None:
+    """Under torchrun: 6 SwAV steps (the queue joins Sinkhorn at step 4), then a resumed run."""
+    rank = int(os.environ.get("RANK", 0))
+    method, pushed, _ = _swav_fit(output_dir, "train.max_steps=6")
+    final = method.queue.clone()
+    _, _, restored = _swav_fit(output_dir, "train.max_steps=7", "resume=auto")
+    torch.save({"pushed": pushed, "final": final, "restored": restored},
+               output_dir / f"rank{rank}.pt")
+
+
 def _losses(output_dir: Path):
     records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     return [(r["step"], r["loss"], r["grad_norm"]) for r in records if r["type"] == "step"]
@@ -260,6 +299,27 @@ def test_ddp_checkpoint_records_both_ranks(runs):
     assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
 
 
+def test_swav_queue_holds_each_ranks_own_embeddings_and_is_checkpointed_per_rank(runs):
+    """DDP broadcasts rank 0's buffers before every forward unless told otherwise: SwAV's queue
+    is a per-rank buffer, so each rank's queue is what pushing its own embeddings gives, the
+    ranks' queues differ, the checkpoint holds both and a resumed rank gets its own back."""
+    from vissl_lite.engine import load_checkpoint
+    ranks = [torch.load(runs / "ddp" / "swav" / f"rank{r}.pt") for r in range(2)]
+    ckpt = load_checkpoint(runs / "ddp" / "swav" / "checkpoints" / "step_0000006.pt")
+    for r, run in enumerate(ranks):
+        assert len(run["pushed"]) == 6
+        expected = torch.zeros(2, 16, 8)
+        for z_global in run["pushed"]:
+            for i in range(2):
+                assert z_global[i].shape == (8, 8)
+                expected[i] = torch.cat([z_global[i], expected[i, :8]])
+        assert torch.equal(run["final"], expected), f"rank {r}'s queue"
+    assert not torch.allclose(ranks[0]["final"], ranks[1]["final"])
+    for r, run in enumerate(ranks):
+        assert torch.equal(ckpt["per_rank_buffers"][r]["queue"], run["final"])
+        assert torch.equal(run["restored"], run["final"])
+
+
 if __name__ == "__main__":   # one rank under torchrun: python -m torch.distributed.run ... OUT
     torch.set_num_threads(1)
     for required in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
@@ -270,6 +330,7 @@ if __name__ == "__main__":   # one rank under torchrun: python -m torch.distribu
         run_case(case_name, out / case_name)
     run_preempted(out / "preempted")
     run_unshared_resume(out / "unshared", out / "toy" / "checkpoints" / "last.pt")
+    run_swav_queue(out / "swav")
 
 
 def test_the_start_line_states_world_size_and_batches_once(runs):

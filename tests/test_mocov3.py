@@ -88,3 +88,81 @@ def test_frozen_random_patch_projection_for_vits():
     assert method.backbone.blocks[0].attn.qkv.weight.grad is not None
     with pytest.raises(ConfigError, match="freeze_patch_embed"):
         MoCoV3(tiny_backbone(MoCoV3), {**MoCoV3.tiny_config, "freeze_patch_embed": True})
+
+
+def official_build_mlp(num_layers, input_dim, mlp_dim, output_dim, last_bn=True) -> nn.Sequential:
+    """facebookresearch/moco-v3 moco/builder.py ``MoCo._build_mlp``, written out."""
+    mlp = []
+    for layer in range(num_layers):
+        dim1 = input_dim if layer == 0 else mlp_dim
+        dim2 = output_dim if layer == num_layers - 1 else mlp_dim
+        mlp.append(nn.Linear(dim1, dim2, bias=False))
+        if layer < num_layers - 1:
+            mlp.append(nn.BatchNorm1d(dim2))
+            mlp.append(nn.ReLU(inplace=True))
+        elif last_bn:
+            mlp.append(nn.BatchNorm1d(dim2, affine=False))
+    return nn.Sequential(*mlp)
+
+
+@pytest.mark.parametrize("family", ["resnet", "vit"])
+def test_heads_equal_the_official_build_mlp(family):
+    """MoCo_ResNet: projector _build_mlp(2, ...), predictor _build_mlp(2, ..., last_bn=False);
+    MoCo_ViT: projector _build_mlp(3, ...), predictor _build_mlp(2, ...). No Linear has a bias,
+    the ResNet predictor's last one included: same parameters, same outputs."""
+    vit = family == "vit"
+    torch.manual_seed(0)
+    method = tiny_method("mocov3", proj_layers=3 if vit else 2, pred_last_bn=vit).train()
+    c = method.cfg
+    official = {
+        "projector": official_build_mlp(c.proj_layers, method.backbone.num_features,
+                                        c.proj_hidden_dim, c.proj_output_dim),
+        "predictor": official_build_mlp(2, c.proj_output_dim, c.pred_hidden_dim,
+                                        c.proj_output_dim, last_bn=vit)}
+    x = {"projector": torch.randn(6, method.backbone.num_features),
+         "predictor": torch.randn(6, c.proj_output_dim)}
+    for name, theirs in official.items():
+        ours = getattr(method, name)
+        assert ours.state_dict().keys() == theirs.state_dict().keys(), name
+        theirs.load_state_dict(ours.state_dict())
+        torch.testing.assert_close(ours(x[name]), theirs.train()(x[name]))
+
+
+def test_sync_batchnorm_is_converted_only_on_several_cuda_ranks():
+    """main_moco.py converts to SyncBatchNorm whenever it runs distributed; one process keeps
+    BatchNorm (and torch's SyncBatchNorm is GPU-only, so CPU ranks warn and keep it too)."""
+    from vissl_lite.engine.components import sync_batchnorm
+    from vissl_lite.engine.runtime import Runtime
+
+    def kinds(enabled, device, world):
+        converted = sync_batchnorm(tiny_method("mocov3"), Runtime(torch.device(device), 0, world),
+                                   enabled)
+        return {type(m).__name__ for m in converted.modules() if "BatchNorm" in type(m).__name__}
+
+    assert kinds(True, "cuda", 2) == {"SyncBatchNorm"}     # conversion needs no GPU to run
+    assert kinds(False, "cuda", 2) == {"BatchNorm1d", "BatchNorm2d"}
+    assert kinds(True, "cuda", 1) == {"BatchNorm1d", "BatchNorm2d"}
+    assert kinds(True, "cpu", 2) == {"BatchNorm1d", "BatchNorm2d"}
+
+
+@pytest.mark.parametrize("preset", ["mocov3/cifar10_resnet18", "mocov3/imagenet_vit_small"])
+def test_presets_sync_batchnorm_and_the_vit_adamw_decays_every_parameter(preset, tmp_path):
+    """Both presets turn SyncBatchNorm on; the ViT recipe's AdamW(model.parameters(),
+    weight_decay=0.1) decays every trainable parameter, biases, norms and the CLS token too."""
+    from vissl_lite.backbones.vit import ViT
+    from vissl_lite.config import load_config
+    from vissl_lite.engine.optim import build_optimizer
+    cfg = load_config(preset, [f"data.root={tmp_path}"])
+    assert cfg.train.sync_bn
+    if "vit" not in preset:
+        return
+    vit = ViT(patch_size=4, embed_dim=48, depth=1, num_heads=3, img_size=32, pos_embed="sincos",
+              global_pool="token", name="vit_test")
+    method = MoCoV3(vit, {**dict(cfg.method), **MoCoV3.tiny_config})
+    optimizer = build_optimizer(cfg.optim, method, lr=1e-3)
+    trainable = {id(p) for p in method.parameters() if p.requires_grad}
+    grouped = [p for g in optimizer.param_groups for p in g["params"]]
+    assert {id(p) for p in grouped} == trainable and len(grouped) == len(trainable)
+    assert all(g["weight_decay"] == cfg.optim.weight_decay == 0.1 for g in optimizer.param_groups
+               if g["params"])
+    assert any(p is vit.cls_token for p in grouped)

@@ -134,3 +134,21 @@ def test_swav_step_is_one_graph():
     method = tiny_method("swav")
     method.setup(total_steps=10, steps_per_epoch=5)
     assert_one_graph(method, views_batch(method))
+
+
+def test_queue_restarted_on_another_number_of_ranks_refills_for_an_epoch_before_use():
+    """Per-rank buffers come back only on the same number of ranks: after a resume on another
+    number the queue is empty, so it is kept out of Sinkhorn until one whole epoch refilled it."""
+    method = tiny_method("swav", queue_length=16, epoch_queue_starts=1)
+    method.setup(total_steps=40, steps_per_epoch=4)
+    assert method.per_rank_buffers == ("queue",)
+    method.load_extra_state({"steps_done": 9, "world_size": 2})      # epoch 2, written on 2 ranks
+    assert not method._queue_in_use()
+    method.steps_done = 11                                           # still epoch 2: refilling
+    assert not method._queue_in_use()
+    method.steps_done = 12                                           # epoch 3: full again
+    assert method._queue_in_use()
+    method.load_extra_state(method.extra_state_for_checkpoint())     # same number of ranks
+    assert method.queue_refill_from == 9 and method._queue_in_use()
+    method.load_extra_state({"steps_done": 9, "world_size": 1})
+    assert method._queue_in_use()

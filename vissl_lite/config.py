@@ -34,6 +34,7 @@ from vissl_lite.config_sources import (FOLDER_KEYS, collect_sources, parse_overr
                                        remove_key)
 from vissl_lite.presets import resolve_preset
 from vissl_lite.registry import METHODS, add_plugins, plugin_specs
+from vissl_lite.shapes import check_run_shape
 
 
 @dataclass
@@ -204,6 +205,7 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[st
     if missing:
         raise ConfigError(f"missing required value '{missing[0]}': set it in the config file or "
                           f"on the command line ({missing[0]}=...)")
+    check_run_shape(cfg, global_view_size(cfg))
     OmegaConf.set_readonly(cfg, True)
     return cfg
 

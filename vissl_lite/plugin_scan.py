@@ -6,9 +6,12 @@ plugin files with ``ast``: ``declarations`` finds the ``@METHODS.register("name"
 decorators, and ``light_class`` returns a stand-in of a registered class built by executing a
 stripped copy of its module: its imports from the standard library and ``vissl_lite`` (the
 ``vissl_lite`` modules stripped the same way), its dataclasses whole, and of every other class
-only its nested classes and its ``Config`` and ``supported_backbones`` attributes, and its
-constants (assignments that call nothing: no side effect runs). That is all
-the config loader needs of a method (its ``Config`` schema and the backbone families it trains).
+only its nested classes, its ``Config``, ``supported_backbones`` and ``min_batch_size``
+attributes and its load-time rules (``check_run``, ``check_shape``), its constants (assignments
+that call nothing: no side effect runs) and its functions (defined, not run). That is all the config
+loader needs of a method: its ``Config`` schema, the backbone families it trains and the shape
+rules of ``vissl_lite.shapes``. The torch-free modules in ``REAL_MODULES`` (errors, registry,
+shapes, omegaconf) are imported as they are.
 
 A file this cannot read (a name computed at run time, a ``Config`` built from imported objects)
 gives ``None`` and the registry imports the module instead: slower, never wrong.
@@ -25,7 +28,11 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 #: class attributes a stand-in keeps (what the config loader reads of a method)
-KEPT_ATTRIBUTES = ("Config", "supported_backbones")
+KEPT_ATTRIBUTES = ("Config", "supported_backbones", "min_batch_size")
+#: methods a stand-in keeps: the load-time shape rules (``vissl_lite.shapes``)
+KEPT_METHODS = ("check_run", "check_shape")
+#: modules imported as they are (no torch under them), not stripped
+REAL_MODULES = ("vissl_lite.errors", "vissl_lite.registry", "vissl_lite.shapes", "omegaconf")
 _LIGHT_PREFIX = "vissl_lite._light."
 _light_modules: Dict[Tuple[str, float], Optional[types.ModuleType]] = {}
 
@@ -154,8 +161,8 @@ def _execute(tree: ast.Module, module: str) -> types.ModuleType:
             continue
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             _bind_imports(node, light)
-        elif isinstance(node, ast.ClassDef) or (isinstance(node, (ast.Assign, ast.AnnAssign))
-                                                 and not _calls(node.value)):
+        elif isinstance(node, (ast.ClassDef, ast.FunctionDef)) or (
+                isinstance(node, (ast.Assign, ast.AnnAssign)) and not _calls(node.value)):
             stmt = _strip_class(node, light.__dict__) if isinstance(node, ast.ClassDef) else node
             code = compile(ast.fix_missing_locations(ast.Module([*future, stmt], [])),
                            f"<light {module}>", "exec")
@@ -178,7 +185,8 @@ def _bind_imports(node: ast.stmt, light: types.ModuleType) -> None:
         return
     if node.level or not node.module:
         return
-    if _stdlib(node.module) or node.module == "vissl_lite.errors":
+    if _stdlib(node.module) or node.module.split(".")[0] in REAL_MODULES \
+            or node.module in REAL_MODULES:
         source = importlib.import_module(node.module)
     elif node.module.startswith("vissl_lite.") and (path := module_path(node.module)):
         source = _light_module(path, node.module)
@@ -218,6 +226,8 @@ def _strip_class(node: ast.ClassDef, defined: dict) -> ast.ClassDef:
             body.append(_strip_class(stmt, defined))
         elif isinstance(stmt, ast.Assign) and any(
                 isinstance(t, ast.Name) and t.id in KEPT_ATTRIBUTES for t in stmt.targets):
+            body.append(stmt)
+        elif isinstance(stmt, ast.FunctionDef) and stmt.name in KEPT_METHODS:
             body.append(stmt)
         elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) \
                 and stmt.target.id in KEPT_ATTRIBUTES and stmt.value is not None:

@@ -24,6 +24,7 @@ from vissl_lite.engine.schedules import ParamScheduler
 from vissl_lite.engine.state import TrainState
 from vissl_lite.errors import ConfigError
 from vissl_lite.eval.monitor import OnlineLinearHead, OnlineMonitor
+from vissl_lite.methods.base import per_rank_buffer_names
 from vissl_lite.rng import derive_seed, preserved_rng, seed_everything
 
 
@@ -60,11 +61,7 @@ def build_components(cfg, runtime: Runtime, method: nn.Module, micro_batch: int,
     method.to(device)
     if t.channels_last:
         method.to(memory_format=torch.channels_last)
-    if t.sync_bn and runtime.world > 1:
-        if device.type == "cuda":
-            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
-        elif runtime.main:
-            log.warning("train.sync_bn=true is ignored on CPU (torch's SyncBatchNorm is GPU-only)")
+    method = sync_batchnorm(method, runtime, t.sync_bn)
     method.check_data_size(train_data_size(loader))
     method.setup(total_steps, steps_per_epoch)
     method.train()
@@ -92,10 +89,34 @@ def build_components(cfg, runtime: Runtime, method: nn.Module, micro_batch: int,
     return components, state
 
 
+def sync_batchnorm(method: nn.Module, runtime: Runtime, enabled: bool) -> nn.Module:
+    """BatchNorm -> SyncBatchNorm (``train.sync_bn``) when training runs on several CUDA ranks (as
+    MoCo v3's main_moco.py whenever it runs distributed); one process keeps plain BatchNorm, and
+    on CPU torch has no SyncBatchNorm (a warning)."""
+    if not enabled or runtime.world == 1:
+        return method
+    if runtime.device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    if runtime.main:
+        log.warning("train.sync_bn=true is ignored on CPU (torch's SyncBatchNorm is GPU-only)")
+    return method
+
+
 def _wrap(method: nn.Module, runtime: Runtime, train_cfg) -> nn.Module:
+    """DDP (several ranks) and ``torch.compile`` around the method.
+
+    DDP broadcasts rank 0's buffers when it is built and before every forward; the method's
+    per-rank buffers (``Method.per_rank_buffers``, e.g. SwAV's queue) go on DDP's ignore list so
+    that each rank keeps its own, at the start (a resumed rank's restored queue) and every step.
+    ``broadcast_buffers=False`` would also stop the broadcast of BatchNorm's running statistics
+    (and is deprecated since torch 2.13), so the ignore list is the narrower tool."""
     model: nn.Module = method
     if runtime.world > 1:
         device = runtime.device
+        per_rank = per_rank_buffer_names(method)
+        if per_rank:
+            nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                method, per_rank)
         model = nn.parallel.DistributedDataParallel(
             method, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=train_cfg.find_unused_parameters)

@@ -18,6 +18,7 @@ from vissl_lite.engine.checkpoint import (FORMAT_VERSION, check_compatible, find
 from vissl_lite.engine.logger import log
 from vissl_lite.engine.state import TrainState
 from vissl_lite.errors import CheckpointError, ConfigError
+from vissl_lite.methods.base import per_rank_buffer_names
 from vissl_lite.rng import derive_seed, rng_state, seed_everything, set_rng_state
 
 if TYPE_CHECKING:
@@ -53,13 +54,15 @@ def _check_ranks_resume_alike(ckpt: Optional[Dict[str, Any]], world: int, output
 
 
 def checkpoint_state(c: "Components", state: TrainState, cfg) -> Dict[str, Any]:
-    """The checkpoint dict; called on every rank (the RNG states are gathered)."""
-    rng = rng_state()
+    """The checkpoint dict; called on every rank (the RNG states and per-rank buffers are gathered)."""
+    buffers = dict(c.method.named_buffers())
+    own = {"rng": rng_state(), "buffers": {name: buffers[name].detach().cpu()
+                                           for name in per_rank_buffer_names(c.method)}}
     if c.runtime.world > 1:
-        rngs: List[Any] = [None] * c.runtime.world
-        dist.all_gather_object(rngs, rng)
+        ranks: List[Any] = [None] * c.runtime.world
+        dist.all_gather_object(ranks, own)
     else:
-        rngs = [rng]
+        ranks = [own]
     head = c.online_head
     return {
         "format_version": FORMAT_VERSION,
@@ -73,7 +76,8 @@ def checkpoint_state(c: "Components", state: TrainState, cfg) -> Dict[str, Any]:
         "scaler": c.scaler.state_dict() if c.scaler is not None else None,
         "online_linear": (None if head is None else
                           {"head": head.state_dict(), "optimizer": head.optimizer.state_dict()}),
-        "rng": rngs,
+        "rng": [r["rng"] for r in ranks],
+        "per_rank_buffers": [r["buffers"] for r in ranks],
         "world_size": c.runtime.world,
         **state.to_checkpoint(),
     }
@@ -88,6 +92,7 @@ def restore(ckpt: Dict[str, Any], c: "Components", cfg) -> TrainState:
                               f"was the backbone or head config changed since it was written?"
                               ) from None
     c.method.load_extra_state(ckpt.get("method_state", {}))
+    _restore_per_rank_buffers(ckpt, c.method, c.runtime.rank, c.runtime.world)
     c.optimizer.load_state_dict(ckpt["optimizer"])
     c.scheduler.load_state_dict(ckpt.get("scheduler", {}))
     if c.scaler is not None and ckpt.get("scaler"):
@@ -109,6 +114,30 @@ def restore(ckpt: Dict[str, Any], c: "Components", cfg) -> TrainState:
     if changed and rank == 0:
         log.warning("config differs from the checkpoint's in: " + ", ".join(changed[:10]))
     return state
+
+
+def _restore_per_rank_buffers(ckpt: Dict[str, Any], method, rank: int, world: int) -> None:
+    """Each rank takes back its own per-rank buffers; on another number of ranks (or from a
+    checkpoint without them) they keep their initial values, which the method is told through
+    ``method_state``'s ``world_size``."""
+    names = per_rank_buffer_names(method)
+    saved = ckpt.get("per_rank_buffers") or []
+    if not names:
+        return
+    if ckpt.get("world_size", 1) != world or len(saved) != world:
+        if rank == 0:
+            log.warning(f"per-rank buffers {', '.join(names)} start afresh: the checkpoint holds "
+                        f"{len(saved)} rank(s) of them, this run has {world}")
+        return
+    buffers = dict(method.named_buffers())
+    for name in names:
+        value = saved[rank].get(name)
+        if value is None or value.shape != buffers[name].shape:
+            got = "none" if value is None else tuple(value.shape)
+            raise CheckpointError(f"the checkpoint's per-rank buffer {name} (shape {got}) does not "
+                                  f"fit this model ({tuple(buffers[name].shape)}); was the method "
+                                  f"config changed since it was written?")
+        buffers[name].copy_(value)
 
 
 def _flatten(d: Any, prefix: str = "") -> Dict[str, Any]:

@@ -17,6 +17,7 @@ from torch import nn
 
 from vissl_lite import distributed as vdist
 from vissl_lite.errors import ConfigError
+from vissl_lite.shapes import RunShape
 
 
 def _destroy_process_group() -> None:
@@ -58,27 +59,14 @@ class Runtime:
 
 def micro_batch_size(cfg, method: nn.Module, world: int) -> int:
     """Samples per rank per forward pass: ``train.batch_size`` over ranks and accumulation steps."""
-    t = cfg.train
-    if t.accumulate < 1:
-        raise ConfigError(f"train.accumulate must be >= 1, got {t.accumulate}")
-    parts = world * t.accumulate
-    if t.batch_size % parts:
-        raise ConfigError(
-            f"train.batch_size={t.batch_size} (global) must split evenly over {world} rank(s) x "
-            f"{t.accumulate} accumulation step(s); use a multiple of {parts}")
-    micro = t.batch_size // parts
-    per_loss = t.batch_size // t.accumulate
-    need = getattr(method, "min_batch_size", 1)
-    if per_loss < need:
-        raise ConfigError(
-            f"method '{cfg.method.name}' needs at least {need} samples per loss "
-            f"computation, but train.batch_size / train.accumulate = {per_loss}; raise "
-            f"train.batch_size or lower train.accumulate")
+    shape = RunShape(cfg.train.batch_size, cfg.train.accumulate, world)
+    shape.check_min_batch(cfg.method.name, getattr(method, "min_batch_size", 1))
+    micro = shape.per_rank
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in method.modules())
     if has_bn and micro < 2:
         raise ConfigError(
-            f"batch norm needs >= 2 samples per rank, but train.batch_size={t.batch_size} over "
-            f"{world} rank(s) and {t.accumulate} accumulation step(s) gives {micro}; raise "
+            f"batch norm needs >= 2 samples per rank, but train.batch_size={shape.batch_size} over "
+            f"{world} rank(s) and {shape.accumulate} accumulation step(s) gives {micro}; raise "
             f"train.batch_size")
     return micro
 

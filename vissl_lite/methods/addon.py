@@ -29,6 +29,7 @@ from vissl_lite.augment.spec import ViewSpec
 from vissl_lite.errors import ConfigError
 from vissl_lite.methods.base import Method, StepOutput
 from vissl_lite.registry import METHODS
+from vissl_lite.shapes import RunShape
 
 
 class AddOnMethod(Method):
@@ -53,6 +54,13 @@ class AddOnMethod(Method):
         spec = self.base.views
         self.views = ViewSpec(spec.recipe, spec.num_global, spec.num_local + self.extra_local_views)
         self.min_batch_size = self.base.min_batch_size
+
+    @classmethod
+    def check_shape(cls, cfg: Any, shape: RunShape) -> None:
+        base = cfg.base
+        name = base.get("name") if isinstance(base, dict) else getattr(base, "name", None)
+        if name:
+            METHODS.light(name).check_run(base, shape)
 
     @property
     def extra_local_views(self) -> int:

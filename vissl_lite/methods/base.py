@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, Optional
+from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -32,6 +32,7 @@ from torch import nn
 from vissl_lite.augment.spec import ViewSpec
 from vissl_lite.config_rules import backbone_mismatch
 from vissl_lite.errors import ConfigError
+from vissl_lite.shapes import RunShape
 
 
 @dataclass
@@ -80,6 +81,17 @@ def check_backbone_family(method_cls: type, backbone: nn.Module, backbone_name: 
         raise ConfigError(message)
 
 
+def per_rank_buffer_names(module: nn.Module) -> List[str]:
+    """Fully qualified names of the per-rank buffers of ``module`` and its submodules (an add-on's
+    base method included): what the engine hands DDP to leave alone and checkpoints per rank.
+
+    Everything else DDP may broadcast from rank 0: BatchNorm's running statistics and state that
+    is equal on every rank by construction (DINO's all-reduced center, step counters)."""
+    return [f"{prefix}.{name}" if prefix else name
+            for prefix, sub in module.named_modules()
+            for name in getattr(type(sub), "per_rank_buffers", ())]
+
+
 class Method(nn.Module):
     """Base class of every method plugin (see module docstring).
 
@@ -98,6 +110,9 @@ class Method(nn.Module):
     #: config overrides giving a small instance (narrow heads) for the generic tests, which are
     #: parametrised over the registry, and for CPU smoke benchmarks
     tiny_config: ClassVar[Dict[str, Any]] = {}
+    #: names of this module's buffers that hold its rank's own data (SwAV's queue): DDP never
+    #: broadcasts them and a checkpoint keeps every rank's copy (``per_rank_buffer_names``)
+    per_rank_buffers: ClassVar[Tuple[str, ...]] = ()
     #: training_step compiles as one graph (tests/test_step_hygiene.py checks every method), so
     #: ``train.compile=auto`` turns torch.compile on for it on a GPU; set False to opt out
     compile_ok: ClassVar[bool] = True
@@ -109,6 +124,19 @@ class Method(nn.Module):
         self.backbone = backbone
         self.total_steps = 0
         self.steps_per_epoch = 0
+
+    @classmethod
+    def check_run(cls, cfg: Any, shape: RunShape) -> None:
+        """Load-time rules (``vissl_lite.shapes``): ``cfg``, the method section, validated into
+        ``Config`` (its range checks run), the smallest batch, then ``check_shape``."""
+        c = method_config(cls.Config, cfg)
+        shape.check_min_batch(c.name, cls.min_batch_size)
+        cls.check_shape(c, shape)
+
+    @classmethod
+    def check_shape(cls, cfg: Any, shape: RunShape) -> None:
+        """What the method needs of the batch split and view sizes (``cfg`` is its validated
+        ``Config``), known from the config alone: raise a ConfigError naming the key and the fix."""
 
     def setup(self, total_steps: int, steps_per_epoch: int) -> None:
         """Called once by the trainer before the first step (schedules that depend on run length)."""

@@ -39,6 +39,7 @@ from vissl_lite.errors import ConfigError
 from vissl_lite.methods.base import Method, StepOutput
 from vissl_lite.methods.vit_blocks import gather_tokens
 from vissl_lite.registry import METHODS
+from vissl_lite.shapes import RunShape
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -148,6 +149,13 @@ class CNNJEPA(Method):
             self.grid_of(c.input_size, c.input_size, "method.input_size"), num_targets=c.num_targets,
             target_scale=tuple(c.target_scale), target_aspect=tuple(c.target_aspect),
             context_scale=tuple(c.context_scale), min_keep=c.min_keep)
+
+    @classmethod
+    def check_shape(cls, cfg: Any, shape: RunShape) -> None:
+        if cfg.input_size != shape.global_size:
+            raise ConfigError(f"method.input_size={cfg.input_size} sizes CNN-JEPA's masks, but the "
+                              f"global views are {shape.global_size} px (augment.global_size or "
+                              f"data.image_size); set method.input_size={shape.global_size}")
 
     def grid_of(self, h: int, w: int, what: str = "the input") -> Tuple[int, int]:
         if h % self.stride or w % self.stride or min(h, w) // self.stride < 2:

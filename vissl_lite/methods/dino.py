@@ -80,7 +80,8 @@ def update_center(center: torch.Tensor, teacher_out: torch.Tensor, momentum: flo
 
 
 def teacher_temperature(epoch: int, warmup_temp: float, final_temp: float, warmup_epochs: int) -> float:
-    """Linear warmup over ``warmup_epochs`` epochs (np.linspace as the reference), then constant."""
+    """Linear warmup over ``warmup_epochs`` epochs (np.linspace as the reference), then constant.
+    DINOv2 calls it per iteration: ``epoch`` a step and ``warmup_epochs`` a number of steps."""
     if epoch >= warmup_epochs:
         return final_temp
     return warmup_temp + (final_temp - warmup_temp) * epoch / max(warmup_epochs - 1, 1)

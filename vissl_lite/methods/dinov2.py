@@ -9,15 +9,19 @@ tokens, its own prototypes):
     dino  = mean over pairs (k, v != k) of mean_b -sum t_k * log_softmax(g_s(cls_s(x_v)) / tau_s)
     u_k   = P'(g'_t(patch_t(x_k))[masked])     the teacher at the student's masked patches
     ibot  = mean over masked patches of -sum u_k * log_softmax(g'_s(patch_s(masked x_k)) / tau_s)
-    koleo = mean over global crops of -mean_i log(min_{j != i} ||c_i - c_j||)
-            (c: L2-normalised student CLS tokens of one crop, the batch of this rank)
+    koleo = sum over the 2 global crops of -mean_i log(min_{j != i} ||c_i - c_j||)
+            (c: L2-normalised student CLS tokens of one crop, the batch of this rank; summed, not
+            averaged, as ssl_meta_arch.py: koleo_loss_weight * sum(koleo(p) for p in cls.chunk(2)))
     loss  = w_dino * dino + w_ibot * ibot + w_koleo * koleo
 
 ``P`` is either DINO's centring and sharpening, softmax((t - C) / tau_t) with an EMA centre C per
 head, or (``centering=sinkhorn_knopp``, DINOv2's ViT-g config) 3 Sinkhorn-Knopp iterations on
 exp(t / tau_t) over the global batch (SwAV, Caron et al. 2020). The teacher follows the student by
-EMA (cosine momentum schedule), the teacher temperature warms up linearly, the last layers of both
-student heads are frozen during the first ``freeze_last_layer`` epochs. With ``layer_decay < 1``
+EMA (cosine momentum schedule), the teacher temperature warms up linearly per iteration over
+``warmup_teacher_temp_epochs`` epochs (train.py's ``teacher_temp_schedule[iteration]``, an
+np.linspace), the last layers of both student heads are frozen during the first
+``freeze_last_layer`` epochs. The heads are DINOv2's ``dino_head.py``: the weight-normalised last
+layer's norms ``weight_g`` start at 1 and are trained (DINO v1's ``norm_last_layer=False``). With ``layer_decay < 1``
 the parameters of block ``i`` of an ``L``-block ViT learn at ``layer_decay ** (L + 1 - i)`` times
 the learning rate (patch embedding and prefix tokens as block 0, the heads at 1; the patch
 embedding's further times ``patch_embed_lr_mult``), through
@@ -168,13 +172,14 @@ class DINOv2(Method):
         self.views = ViewSpec("dino", 2, c.num_local_crops)
         dim = backbone.embed_dim
         self.mask_token = nn.Parameter(torch.zeros(1, dim))
-        self.head = DINOHead(dim, c.out_dim, c.hidden_dim, c.bottleneck_dim, c.head_layers)
+        self.head = DINOHead(dim, c.out_dim, c.hidden_dim, c.bottleneck_dim, c.head_layers,
+                             norm_last_layer=False)
         self.teacher_backbone = teacher_copy(backbone)
         self.teacher_head = teacher_copy(self.head)
         patch_dim = c.patch_out_dim if c.separate_patch_head else c.out_dim
         if c.separate_patch_head:
             self.patch_head = DINOHead(dim, c.patch_out_dim, c.hidden_dim, c.bottleneck_dim,
-                                       c.head_layers)
+                                       c.head_layers, norm_last_layer=False)
             self.teacher_patch_head = teacher_copy(self.patch_head)
         else:  # one set of prototypes for CLS and patch tokens (DINOv2's default config)
             self.patch_head, self.teacher_patch_head = self.head, self.teacher_head
@@ -215,8 +220,8 @@ class DINOv2(Method):
         if self.steps_per_epoch:
             c = self.cfg
             self.current_teacher_temp.fill_(teacher_temperature(
-                self._epoch(self.step_count), c.warmup_teacher_temp, c.teacher_temp,
-                c.warmup_teacher_temp_epochs))
+                self.step_count, c.warmup_teacher_temp, c.teacher_temp,
+                c.warmup_teacher_temp_epochs * self.steps_per_epoch))
 
     def param_lr_scale(self, name: str) -> float:
         """Layer-wise lr decay: the lr multiplier of parameter ``name`` (read by the optimizer)."""
@@ -264,7 +269,7 @@ class DINOv2(Method):
         dino = cross_entropy_pairs(student_out, t_cls_probs.chunk(2), c.student_temp)
         s_patch = self.patch_head(gather_tokens(s_tokens[:, prefix:], mask_idx))
         ibot = ibot_patch_loss(s_patch, t_patch_probs.view_as(s_patch), c.student_temp)
-        koleo = sum(koleo_loss(x) for x in s_cls_global.chunk(2)) / 2
+        koleo = sum(koleo_loss(x) for x in s_cls_global.chunk(2))
         loss = c.dino_loss_weight * dino + c.ibot_loss_weight * ibot + c.koleo_loss_weight * koleo
         if c.centering == "centering":
             update_center(self.center, t_cls, c.center_momentum)

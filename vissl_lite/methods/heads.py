@@ -16,13 +16,15 @@ from torch import nn
 
 
 def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2,
-                   last_bn: bool = False, last_bn_affine: bool = True) -> nn.Sequential:
+                   last_bn: bool = False, last_bn_affine: bool = True,
+                   last_bias: bool = True) -> nn.Sequential:
     """``num_layers`` linear layers; every one but the last is followed by BatchNorm and ReLU.
 
     Linear layers followed by BatchNorm have no bias (the BN shift replaces it). ``last_bn`` adds
     a BatchNorm after the output layer, as SimCLR's projector does (and lightly's
     SimCLRProjectionHead); ``last_bn_affine=False`` makes it a plain standardisation, as MoCo v3's
-    projector (facebookresearch/moco-v3 ``_build_mlp``).
+    projector (facebookresearch/moco-v3 ``_build_mlp``). ``last_bias=False`` drops the output
+    layer's bias without a BatchNorm after it too (``_build_mlp`` uses ``bias=False`` throughout).
     """
     if num_layers < 1:
         raise ValueError(f"a projection MLP needs >= 1 layer, got num_layers={num_layers}")
@@ -31,7 +33,7 @@ def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int =
     for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
         last = i == num_layers - 1
         with_bn = (not last) or last_bn
-        layers.append(nn.Linear(d_in, d_out, bias=not with_bn))
+        layers.append(nn.Linear(d_in, d_out, bias=not with_bn and (last_bias or not last)))
         if with_bn:
             layers.append(nn.BatchNorm1d(d_out, affine=last_bn_affine or not last))
         if not last:

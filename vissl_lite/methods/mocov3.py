@@ -12,9 +12,12 @@ of f, g) see two views; each query is contrasted against the keys of the *global
 
 The factor 2T makes the gradient scale independent of T. Keys carry no gradient, so they are
 gathered without one; each rank averages over its own queries, and DDP's gradient average equals
-the global-batch gradient. Heads follow the reference code: Linear layers without bias followed
-by BN + ReLU, the projector ending in a BN without affine parameters (2 layers for ResNets, 3
-for ViTs), the predictor 2 layers (ending in that BN for ViTs only).
+the global-batch gradient. Heads follow the reference code (``_build_mlp``): Linear layers
+without bias (the last one too) followed by BN + ReLU, the projector ending in a BN without
+affine parameters (2 layers for ResNets, 3 for ViTs), the predictor 2 layers (ending in that BN
+for ViTs only). The reference converts BatchNorm to SyncBatchNorm whenever it runs distributed
+(``train.sync_bn`` in the presets) and its AdamW decays every parameter (the ViT preset's
+``optim.exclude_bias_and_norm: false``).
 
 ViT recipe (Sec. 4): AdamW, T = 0.2, and a frozen random patch projection
 (``freeze_patch_embed``: the patch-embedding layer keeps its random initialisation), which the
@@ -92,7 +95,8 @@ class MoCoV3(Method):
         self.projector = projection_mlp(backbone.num_features, c.proj_hidden_dim, c.proj_output_dim,
                                         c.proj_layers, last_bn=True, last_bn_affine=False)
         self.predictor = projection_mlp(c.proj_output_dim, c.pred_hidden_dim, c.proj_output_dim, 2,
-                                        last_bn=c.pred_last_bn, last_bn_affine=False)
+                                        last_bn=c.pred_last_bn, last_bn_affine=False,
+                                        last_bias=False)
         self.momentum_backbone = frozen_copy(backbone)
         self.momentum_projector = frozen_copy(self.projector)
 

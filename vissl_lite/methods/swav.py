@@ -17,10 +17,15 @@ gradient average is the global gradient. This is lightly's ``SwaVLoss`` with
 
 Options of the reference code:
 - queue (``queue_length`` rows over all ranks, ``queue_length // world_size`` per rank): the
-  normalised embeddings of the global crops of past batches, whose scores join the Sinkhorn
-  columns (their codes are dropped) from epoch ``epoch_queue_starts`` on. The queue is updated at
-  every step from the start with fixed-shape ops, so it is full when it is first used
-  (``epoch_queue_starts >= 1``).
+  normalised embeddings of the global crops of this rank's past batches, whose scores join the
+  Sinkhorn columns (their codes are dropped) from epoch ``epoch_queue_starts`` on. The queue is
+  updated at every step from the start with fixed-shape ops, so it is full when it is first used
+  (``epoch_queue_starts >= 1``). Each rank queues its own embeddings (the reference keeps one
+  queue per process and saves ``queue<rank>.pth``): the queue is a per-rank buffer
+  (``per_rank_buffers``), which DDP never broadcasts and a checkpoint keeps for every rank. It
+  comes back only on the same number of ranks; on another number it restarts empty and refills
+  during one whole epoch before it is used again. ``queue_length`` must be a multiple of the
+  global batch per loss (``check_run``; the reference truncates it to one).
 - prototypes get no update during the first ``freeze_prototypes_epochs`` epochs (their gradient
   is dropped in ``on_before_optimizer_step``), and are renormalised after every optimizer step.
 The epoch is read from the Python step counter ``steps_done`` (kept in the checkpoint's method
@@ -42,6 +47,7 @@ from vissl_lite.methods.base import Method, StepOutput
 from vissl_lite.methods.dino import _forward_by_resolution
 from vissl_lite.methods.heads import projection_mlp
 from vissl_lite.registry import METHODS
+from vissl_lite.shapes import RunShape
 
 
 @dataclass
@@ -109,6 +115,7 @@ class SwAV(Method):
 
     Config = SwAVConfig
     min_batch_size = 2
+    per_rank_buffers = ("queue",)
     tiny_config = {"proj_hidden_dim": 32, "proj_output_dim": 16, "num_prototypes": 24,
                    "num_local_crops": 2}
 
@@ -120,9 +127,22 @@ class SwAV(Method):
         self.prototypes = nn.Linear(c.proj_output_dim, c.num_prototypes, bias=False)
         self._normalize_prototypes()
         rows = c.queue_length // world_size()
-        # not in state_dict (its length depends on the number of ranks): in the method state
+        # not in state_dict (its length depends on the number of ranks): the engine saves it per rank
         self.register_buffer("queue", torch.zeros(2, rows, c.proj_output_dim), persistent=False)
         self.steps_done = 0           # optimizer steps completed (a Python int, never a tensor)
+        self.queue_refill_from = -1   # step at which an empty queue restarted (-1: at the start)
+
+    @classmethod
+    def check_shape(cls, cfg: SwAVConfig, shape: RunShape) -> None:
+        """The queue takes whole batches: ``queue_length`` is 0 or a multiple of the global batch
+        per loss (the reference: ``queue_length -= queue_length % (batch_size * world_size)``),
+        so each rank's ``queue_length / world`` rows hold whole micro-batches."""
+        q, n = cfg.queue_length, shape.per_loss
+        if q and q % n:
+            fix = f"{q - q % n} or " if q > n else ""
+            raise ConfigError(f"method.queue_length={q} must be 0 or a multiple of the global batch "
+                              f"per loss, train.batch_size / train.accumulate = {n}; set "
+                              f"method.queue_length={fix}0")
 
     @torch.no_grad()
     def _normalize_prototypes(self) -> None:
@@ -135,7 +155,11 @@ class SwAV(Method):
         return step // self.steps_per_epoch
 
     def _queue_in_use(self) -> bool:
-        return self.queue.shape[1] > 0 and self._epoch(self.steps_done) >= self.cfg.epoch_queue_starts
+        if self.queue.shape[1] == 0:
+            return False
+        epoch = self._epoch(self.steps_done)
+        refilled = self.queue_refill_from < 0 or epoch > self._epoch(self.queue_refill_from)
+        return refilled and epoch >= self.cfg.epoch_queue_starts
 
     def training_step(self, batch: Dict[str, Any]) -> StepOutput:
         crops = batch["views"]
@@ -156,9 +180,6 @@ class SwAV(Method):
     @torch.no_grad()
     def _push_to_queue(self, z_global: Sequence[torch.Tensor]) -> None:
         b, rows = z_global[0].shape[0], self.queue.shape[1]
-        if b > rows:
-            raise ConfigError(f"method.queue_length={self.cfg.queue_length} gives {rows} rows per "
-                              f"rank, fewer than the per-rank batch {b}; raise it or set it to 0")
         for i in range(2):
             self.queue[i].copy_(torch.cat([z_global[i].to(self.queue.dtype), self.queue[i, : rows - b]]))
 
@@ -171,11 +192,14 @@ class SwAV(Method):
         self.steps_done = step + 1
 
     def extra_state_for_checkpoint(self) -> Dict[str, Any]:
-        return {"steps_done": self.steps_done, "queue": self.queue.detach().cpu(),
+        return {"steps_done": self.steps_done, "queue_refill_from": self.queue_refill_from,
                 "world_size": world_size()}
 
     def load_extra_state(self, state: Dict[str, Any]) -> None:
         self.steps_done = int(state.get("steps_done", 0))
-        queue = state.get("queue")
-        if queue is not None and queue.shape == self.queue.shape:
-            self.queue.copy_(queue)
+        self.queue_refill_from = int(state.get("queue_refill_from", -1))
+        if state.get("world_size", world_size()) != world_size():
+            self.queue_refill_from = self.steps_done     # the per-rank queues were not restored
+        legacy = state.get("queue")                      # before per-rank buffers: rank 0's queue
+        if legacy is not None and legacy.shape == self.queue.shape:
+            self.queue.copy_(legacy)

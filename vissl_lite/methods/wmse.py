@@ -35,6 +35,7 @@ from vissl_lite.errors import ConfigError
 from vissl_lite.methods.base import Method, StepOutput
 from vissl_lite.methods.heads import projection_mlp
 from vissl_lite.registry import METHODS
+from vissl_lite.shapes import RunShape
 
 
 @dataclass
@@ -115,6 +116,14 @@ class WMSE(Method):
         self.views = ViewSpec("simclr", c.num_views, 0)
         self.min_batch_size = c.w_size
         self.projector = projection_mlp(backbone.num_features, c.proj_hidden_dim, c.proj_output_dim, 2)
+
+    @classmethod
+    def check_shape(cls, cfg: WMSEConfig, shape: RunShape) -> None:
+        if shape.per_loss % cfg.w_size:
+            raise ConfigError(f"W-MSE whitens sub-batches of method.w_size={cfg.w_size}: the global "
+                              f"batch per loss, train.batch_size / train.accumulate = "
+                              f"{shape.per_loss}, must be a multiple of it; change train.batch_size "
+                              f"or method.w_size")
 
     def training_step(self, batch: Dict[str, Any]) -> StepOutput:
         views = batch["views"][: self.cfg.num_views]
