@@ -116,6 +116,11 @@ def swav_larc_step(p, g, state, lr, wd, eta, momentum):
     p.add_(state["buf"], alpha=-lr)
 
 
+#: each source's trust coefficient and clip, as its code sets them (not read from the preset)
+SOURCE_ETA_CLIP = {"barlow_twins": (0.001, False),   # LARS(eta=0.001), BYOL eta 1e-3, SimCLR
+                   "solo_learn": (0.02, True),       # kwargs: eta 0.02, clip_lr True
+                   "swav_larc": (0.001, False)}      # LARC(trust_coefficient=0.001, clip=False)
+
 #: the source's learning rate of biases and BN parameters over that of the weights
 BIAS_LR_RATIO = {"barlow_twins/imagenet_resnet50": 0.0048 / 0.2}   # learning_rate_biases
 
@@ -123,20 +128,20 @@ BIAS_LR_RATIO = {"barlow_twins/imagenet_resnet50": 0.0048 / 0.2}   # learning_ra
 def _reference_step(source, params, grads, states, lr, bias_lr, cfg):
     """One step of ``source`` over ``params``; ``bias_lr`` is the rate of the ndim-1 parameters
     (every source here excludes exactly those from decay and adaptation, SwAV none)."""
-    o = cfg.optim
+    o, (eta, clip) = cfg.optim, SOURCE_ETA_CLIP[source]
     for name, p in params.items():
         excluded = p.ndim == 1
         rate = bias_lr if excluded else lr
         if source == "barlow_twins":
             states.setdefault(name, torch.zeros_like(p))
-            barlow_twins_step(p, grads[name], states[name], rate, o.weight_decay, o.lars_eta,
+            barlow_twins_step(p, grads[name], states[name], rate, o.weight_decay, eta,
                               o.momentum, excluded)
         elif source == "solo_learn":
             solo_learn_step(p, grads[name], states.setdefault(name, {}), rate, o.weight_decay,
-                            o.lars_eta, o.momentum, excluded, clip=o.lars_clip)
+                            eta, o.momentum, excluded, clip=clip)
         else:
             swav_larc_step(p, grads[name], states.setdefault(name, {}), rate, o.weight_decay,
-                           o.lars_eta, o.momentum)
+                           eta, o.momentum)
 
 
 @pytest.mark.parametrize("preset", sorted(LARS_PRESETS))

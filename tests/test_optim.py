@@ -182,3 +182,10 @@ def test_the_excluded_group_moves_by_the_scaled_rate_after_one_step():
             torch.testing.assert_close(p.detach(), b - 1.5 * 0.024 * g, msg=name)
     weight = model[0].weight
     assert not torch.allclose(weight.detach(), before[0] - 1.5 * 0.024 * grads[0])
+
+
+def test_an_lr_scale_of_no_excluded_group_is_a_config_error():
+    cfg = default_config(_any_method(), ["optim.exclude_lr_scale=0.024",
+                                         "optim.exclude_bias_and_norm=false"]).optim
+    with pytest.raises(ConfigError, match="optim.exclude_bias_and_norm=true"):
+        build_optimizer(cfg, nn.Linear(2, 2), 0.1)

@@ -12,8 +12,6 @@ from torch import nn
 from vissl_lite.engine.lars import LARS
 from vissl_lite.errors import ConfigError
 
-__all__ = ["LARS", "OPTIMIZERS", "build_optimizer", "param_groups", "scaled_lr"]
-
 
 def _no_weight_decay_names(model: nn.Module) -> set:
     """Names that timm models list in ``no_weight_decay()`` (pos_embed, cls_token, ...), prefixed."""
@@ -65,6 +63,10 @@ def build_optimizer(optim_cfg, model: nn.Module, lr: float) -> torch.optim.Optim
     SGD and AdamW are fused when the parameters are on a GPU; LARS uses foreach kernels.
     """
     name = str(optim_cfg.name).lower()
+    if optim_cfg.exclude_lr_scale != 1.0 and not optim_cfg.exclude_bias_and_norm:
+        raise ConfigError(f"optim.exclude_lr_scale={optim_cfg.exclude_lr_scale} scales the lr of "
+                          f"biases and norm weights, which optim.exclude_bias_and_norm=false does "
+                          f"not set apart; set optim.exclude_bias_and_norm=true")
     groups = param_groups(model, optim_cfg.weight_decay, optim_cfg.exclude_bias_and_norm,
                           optim_cfg.exclude_lr_scale)
     if not any(g["params"] for g in groups):
