@@ -92,7 +92,12 @@ def _runner(tmp_path, *overrides: str) -> StepRunner:
 
 @pytest.mark.parametrize("overrides", [("optim.name=sgd",), ("optim.name=lars",),
                                        ("optim.name=sgd", "train.grad_clip=1.0",
-                                        "train.accumulate=2")])
+                                        "train.accumulate=2"),
+                                       ("optim.name=sgd", "train.grad_clip=1.0",
+                                        "train.grad_clip_mode=per_param"),
+                                       ("optim.name=lars", "optim.lars_clip=true",
+                                        "optim.lars_denominator=sum_of_norms",
+                                        "train.grad_clip=0.5", "train.grad_clip_mode=per_module")])
 def test_a_steady_state_step_reads_nothing_back_from_the_device(tmp_path, overrides):
     runner, batches = _runner(tmp_path, *overrides), _batches()
     for step in range(3):                       # warm-up: optimizer state, momentum buffers

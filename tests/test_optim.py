@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from vissl_lite.config import ConfigError, default_config
+from vissl_lite.config import ConfigError, default_config, load_config
 from vissl_lite.engine import (LARS, ParamScheduler, build_optimizer, cosine_schedule, ema_update,
                                linear_schedule, param_groups, scaled_lr, warmup_cosine_schedule)
 
@@ -152,3 +153,63 @@ def test_ema_update_formula():
     ema_update(target, online, 0.9)
     assert torch.allclose(target.weight, torch.full((1, 2), 0.1))
     assert torch.allclose(target.bias, torch.tensor([-1.8 + 0.2]))
+
+
+def _barlow_twins_official_lr(step: int, max_steps: int, warmup_steps: int, batch_size: int):
+    """facebookresearch/barlowtwins main.py adjust_learning_rate: (weights' lr, biases' lr)."""
+    base_lr = batch_size / 256
+    if step < warmup_steps:
+        lr = base_lr * step / warmup_steps
+    else:
+        step -= warmup_steps
+        max_steps -= warmup_steps
+        q = 0.5 * (1 + math.cos(math.pi * step / max_steps))
+        end_lr = base_lr * 0.001
+        lr = base_lr * q + end_lr * (1 - q)
+    return lr * 0.2, lr * 0.0048          # learning_rate_weights, learning_rate_biases
+
+
+def test_barlow_twins_preset_trains_biases_and_bn_at_the_official_rate_at_every_step():
+    """The ImageNet preset's groups follow adjust_learning_rate at every step, weights at 0.2 and
+    biases and BN parameters at 0.0048 (x batch/256, warmed up and annealed alike)."""
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "barlow_twins" /
+                      "imagenet_resnet50.yaml", ["data.root=/unused"])
+    model = nn.Sequential(nn.Linear(4, 4, bias=False), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    lr = scaled_lr(cfg.optim, cfg.train.batch_size)
+    opt = build_optimizer(cfg.optim, model, lr)
+    per_epoch = 3
+    total, warmup = cfg.train.epochs * per_epoch, round(cfg.optim.warmup_epochs * per_epoch)
+    sched = ParamScheduler(opt, total, warmup, lr, min_lr=cfg.optim.min_lr,
+                           weight_decay=cfg.optim.weight_decay)
+    weights, biases = opt.param_groups
+    assert not weights["lars_exclude"] and biases["lars_exclude"]
+    for step in range(total):
+        sched.step(step)
+        w_lr, b_lr = _barlow_twins_official_lr(step, total, warmup, cfg.train.batch_size)
+        assert weights["lr"] == pytest.approx(w_lr, rel=1e-9, abs=1e-15), step
+        assert biases["lr"] == pytest.approx(b_lr, rel=1e-9, abs=1e-15), step
+
+
+def test_the_excluded_group_moves_by_the_scaled_rate_after_one_step():
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    cfg = default_config(_any_method(), ["optim.name=lars", "optim.weight_decay=0.1",
+                                         "optim.exclude_lr_scale=0.024"]).optim
+    opt = build_optimizer(cfg, model, 1.5)
+    ParamScheduler(opt, 10, 0, 1.5, weight_decay=0.1).step(0)
+    before = [p.detach().clone() for p in model.parameters()]
+    grads = [torch.full_like(p, 0.5) for p in model.parameters()]
+    for p, g in zip(model.parameters(), grads):
+        p.grad = g
+    opt.step()
+    for (name, p), b, g in zip(model.named_parameters(), before, grads):
+        if p.ndim == 1:     # bias and BN: no decay, no trust ratio, lr 1.5 x 0.024
+            torch.testing.assert_close(p.detach(), b - 1.5 * 0.024 * g, msg=name)
+    weight = model[0].weight
+    assert not torch.allclose(weight.detach(), before[0] - 1.5 * 0.024 * grads[0])
+
+
+def test_an_lr_scale_of_no_excluded_group_is_a_config_error():
+    cfg = default_config(_any_method(), ["optim.exclude_lr_scale=0.024",
+                                         "optim.exclude_bias_and_norm=false"]).optim
+    with pytest.raises(ConfigError, match="optim.exclude_bias_and_norm=true"):
+        build_optimizer(cfg, nn.Linear(2, 2), 0.1)

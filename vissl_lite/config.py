@@ -69,6 +69,8 @@ CHOICES = {
     "augment.path": ("auto", "cpu", "gpu"),
     "data.on_corrupt": ("error", "skip"),
     "optim.name": ("sgd", "adamw", "lars"),
+    "optim.lars_denominator": ("norm_of_sum", "sum_of_norms"),
+    "train.grad_clip_mode": ("global", "per_param", "per_module"),
     "logger.wandb.mode": ("online", "offline", "disabled"),
     "backbone.global_pool": ("avg", "token"),
     "checkpoint.best_metric": ("knn_top1", "knn_top5", "rankme", "online_linear_top1",
@@ -79,6 +81,7 @@ CHOICES = {
 MINIMUMS = {
     "optim.lr": 0,
     "optim.weight_decay": 0,
+    "optim.exclude_lr_scale": 0,
     "data.num_workers": 0,
     "data.image_size": 1,
     "train.epochs": 1,

@@ -20,7 +20,7 @@ _EXPORTS = {
     "load_pretrained": "vissl_lite.engine.checkpoint",
     "CheckpointManager": "vissl_lite.engine.checkpoint",
     "atomic_save": "vissl_lite.engine.checkpoint",
-    "LARS": "vissl_lite.engine.optim",
+    "LARS": "vissl_lite.engine.lars",
     "build_optimizer": "vissl_lite.engine.optim",
     "param_groups": "vissl_lite.engine.optim",
     "scaled_lr": "vissl_lite.engine.optim",

@@ -18,8 +18,11 @@ class OptimConfig:
     weight_decay_end: Optional[float] = None  # cosine schedule of weight decay (DINO); null = constant
     momentum: float = 0.9
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    lars_eta: float = 0.02
+    lars_eta: float = 0.001           # trust coefficient (0.001 in every official LARS)
+    lars_denominator: str = "norm_of_sum"  # norm_of_sum | sum_of_norms (engine/lars.py)
+    lars_clip: bool = False           # solo-learn's clip_lr: adapted rate capped at the lr
     exclude_bias_and_norm: bool = True
+    exclude_lr_scale: float = 1.0     # lr multiplier of the excluded group (biases, norms)
 
 
 @dataclass
@@ -32,6 +35,7 @@ class TrainConfig:
     channels_last: Any = False        # auto | true | false
     compile: Any = False              # auto | true | false
     grad_clip: Optional[float] = None
+    grad_clip_mode: str = "global"    # global | per_param (DINO) | per_module (DINOv2)
     sync_bn: bool = False             # SyncBatchNorm across ranks (GPU only)
     find_unused_parameters: bool = False  # DDP: set when some trainable parameters get no grad
     skip_nonfinite: bool = False      # skip non-finite steps instead of stopping (syncs every step)

@@ -1,7 +1,8 @@
 """One optimizer step, and the read-back of its numbers.
 
     for each of `accumulate` micro-batches:  loss = model(batch).loss; backward(loss / accumulate)
-    unscale (fp16) -> method.on_before_optimizer_step -> grad norm (clip if train.grad_clip)
+    unscale (fp16) -> method.on_before_optimizer_step -> grad norm (clip if train.grad_clip, in
+    the blocks of train.grad_clip_mode: vissl_lite.engine.clip)
     -> [train.skip_nonfinite: finite check] -> optimizer step -> method.on_step_end
 
 ``model`` is the ``Method`` wrapped in DDP (and ``torch.compile``), so ``model(batch)`` runs
@@ -28,6 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from vissl_lite.data.loader import move_batch
+from vissl_lite.engine.clip import clip_blocks, clip_gradients
 from vissl_lite.engine.clock import CheckpointClock
 from vissl_lite.engine.schedules import ParamScheduler
 from vissl_lite.engine.stop import StopSignal
@@ -97,6 +99,8 @@ class StepRunner:
         self.online_head = online_head
         self.accumulate = int(train_cfg.accumulate)
         self.grad_clip = float(train_cfg.grad_clip or 0.0)
+        self.grad_clip_mode = str(train_cfg.grad_clip_mode)
+        self._clip_blocks: Optional[List[List[nn.Parameter]]] = None   # built at the first step
         self.skip_nonfinite = bool(train_cfg.skip_nonfinite)
         self.memory_format = (torch.channels_last if train_cfg.channels_last
                               else torch.contiguous_format)
@@ -149,18 +153,19 @@ class StepRunner:
         return PendingStep(step, packed.detach(), list(metrics), {**values, **host}, skipped)
 
     def _unscale_and_norm(self, step: int) -> torch.Tensor:
-        """The total gradient norm; gradients are rescaled only when ``train.grad_clip`` is set."""
+        """The total gradient norm (before clipping); gradients are rescaled only when
+        ``train.grad_clip`` is set."""
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         self.method.on_before_optimizer_step(step)
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         if not params:
             return torch.zeros((), device=self.device)
-        if self.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip, foreach=True)
-        else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
-        return norm.float().to(self.device)
+        if self._clip_blocks is None:
+            every = [p for g in self.optimizer.param_groups for p in g["params"]]
+            self._clip_blocks = clip_blocks(self.grad_clip_mode if self.grad_clip > 0 else "global",
+                                            self.method, every)
+        return clip_gradients(self._clip_blocks, self.grad_clip).to(self.device)
 
     def _finite_now(self, packed: torch.Tensor) -> bool:
         """Reads the step's loss and gradient norm back now (a sync; train.skip_nonfinite only)."""

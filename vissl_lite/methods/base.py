@@ -159,6 +159,24 @@ class Method(nn.Module):
     def on_step_end(self, step: int, total_steps: int) -> None:
         """Hook after the optimizer step (e.g. EMA teacher update)."""
 
+    def clip_groups(self) -> Dict[str, List[nn.Parameter]]:
+        """The trainable parameters by part, for ``train.grad_clip_mode=per_module`` (each part's
+        gradient is clipped by its own norm, as DINOv2's train.py clips its student's backbone and
+        each head). Default: each top-level child module with trainable parameters; the method's
+        own parameters (mask tokens, which DINOv2's ViT owns) count with ``backbone``. A method
+        whose parts differ overrides this."""
+        groups: Dict[str, List[nn.Parameter]] = {}
+        seen: set = set()
+        for name, child in self.named_children():
+            trainable = [p for p in child.parameters() if p.requires_grad and id(p) not in seen]
+            seen.update(id(p) for p in trainable)
+            if trainable:
+                groups[name] = trainable
+        own = [p for p in self.parameters(recurse=False) if p.requires_grad]
+        if own:
+            groups["backbone"] = groups.get("backbone", []) + own
+        return groups
+
     def backbone_for_eval(self) -> nn.Module:
         """The encoder evaluators freeze: images (B, 3, H, W) -> pooled features (B, D)."""
         return self.backbone
