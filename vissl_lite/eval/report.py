@@ -102,8 +102,8 @@ def _with_baseline(rows: List[Dict[str, Any]], base: Optional[List[Dict[str, Any
 
 
 def headline(name: str, result: EvalResult) -> Optional[str]:
-    key = HEADLINE.get(name) or next(iter(result.metrics), None)
-    return key if key in result.metrics else None
+    key = HEADLINE.get(name)
+    return key if key in result.metrics else next(iter(result.metrics), None)
 
 
 def report_blocks(header: Dict[str, Any], run: Optional[Dict[str, Any]], curves: Optional[str],
