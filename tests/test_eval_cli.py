@@ -117,7 +117,8 @@ def test_report_on_a_short_trained_checkpoint(short_checkpoint, cifar_archive, t
 
 
 def test_report_is_one_sendable_document_with_the_run_and_its_baseline(short_checkpoint,
-                                                                       cifar_archive, tmp_path):
+                                                                       cifar_archive, tmp_path,
+                                                                       one_thread):
     """Issue 22.6: the run's identity and curves at the top, the random-init baseline beside
     every number, the probe's weight-decay sweep, one probe number in every section, shares
     of the decomposition summing to 100%, and an HTML file with every figure inside it."""
@@ -126,7 +127,7 @@ def test_report_is_one_sendable_document_with_the_run_and_its_baseline(short_che
     folder = tmp_path / "report"
     assert main(["report", str(short_checkpoint), "--data", str(cifar_archive), *SMALL,
                  "--k", "10", "--k-curve", "1", "10", "--weight-decays", "1e-4", "1e-1",
-                 "--shots", "1", "5", "--seeds", "2", "--skip", "umap_cluster",
+                 "--shots", "1", "2", "--seeds", "2", "--skip", "umap_cluster",
                  "--cache-dir", str(tmp_path / "cache"),
                  "--report-dir", str(folder)]) == 0
     results = json.loads((folder / "results.json").read_text())

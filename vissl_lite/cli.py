@@ -2,6 +2,7 @@
 
     vissl-lite pretrain CONFIG [key=value ...]       train a method from a YAML file or preset name
     vissl-lite eval EVALUATOR CKPT --data PATH
+    vissl-lite compare RUN_OR_RESULTS...              runs side by side (curves, numbers, config)
     vissl-lite config CONFIG [key=value ...]         print the resolved, validated config
     vissl-lite list [methods|backbones|datasets|evaluators|presets] [--markdown]
     vissl-lite export CKPT --format timm|torchvision|safetensors --out FILE   the encoder alone
@@ -29,6 +30,7 @@ from vissl_lite.data.shard_writer import write_shards
 from vissl_lite.engine.trainer import Trainer
 from vissl_lite.errors import VisslLiteError
 from vissl_lite.eval.cli import add_eval_arguments, run_eval_cli
+from vissl_lite.eval.compare import add_compare_arguments, run_compare
 from vissl_lite.export import export_backbone
 from vissl_lite.presets import list_presets
 from vissl_lite.registry import ALL_REGISTRIES, EVALUATORS, METHODS
@@ -133,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(or random:<backbone> for a random-init baseline).")
     add_eval_arguments(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compare", help="runs side by side: curves, final numbers, config diffs",
+                       description="Compare runs: training curves overlaid, every evaluator's "
+                                   "final numbers with the best marked, the config differences; "
+                                   "Markdown, one-file HTML and PNG.")
+    add_compare_arguments(p)
+    p.set_defaults(func=run_compare)
 
     p = sub.add_parser("export", help="write a checkpoint's backbone alone (timm, torchvision, "
                                       "safetensors)",
