@@ -198,7 +198,7 @@ def test_label_free_data_runs_the_label_free_evaluators_and_says_why_others_were
     result = ReportEvaluator().run(ctx)
     assert set(result.metrics) == {"rankme.rankme_train", "rankme.feature_dim"}
     skipped = json.loads((tmp_path / "report" / "results.json").read_text())["skipped"]
-    assert set(skipped) == {"knn", "linear", "risk", "umap_cluster"}
+    assert set(skipped) == {"knn", "linear", "risk", "fewshot", "umap_cluster"}
     assert skipped["knn"].startswith("needs a test split") and skipped["umap_cluster"] == "left out with --skip"
     md = (tmp_path / "report" / "report.md").read_text()
     assert "## Skipped" in md and "- linear: needs a test split" in md

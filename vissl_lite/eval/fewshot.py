@@ -90,7 +90,7 @@ def fewshot_linear(train_features: torch.Tensor, train_labels: torch.Tensor,
 
 
 @EVALUATORS.register("fewshot", help="few-shot linear probe: k labelled images per class, "
-                                     "several seeds, mean and 95% interval (cached features)")
+                                     "several seeds, mean and 95-percent interval (cached features)")
 class FewShotEvaluator(Evaluator):
     """``fewshot_linear`` on the train and test features, with the accuracy-vs-k curve."""
 
