@@ -99,9 +99,10 @@ def test_report_on_a_short_trained_checkpoint(short_checkpoint, cifar_archive, t
     assert main(["report", str(short_checkpoint / "checkpoints" / "last.pt"), "--data",
                  str(cifar_archive), *SMALL, "--k", "10", "--k-curve", "1", "10", "50",
                  "--weight-decays", "1e-4", "--umap-components", "8", "--no-cache",
-                 "--report-dir", str(folder)]) == 0
+                 "--shots", "1", "5", "--seeds", "2", "--no-baseline", "--report-dir",
+                 str(folder)]) == 0
     results = json.loads((folder / "results.json").read_text())
-    assert set(results["results"]) == {"knn", "linear", "risk", "rankme", "umap_cluster"}
+    assert set(results["results"]) == {"knn", "linear", "risk", "fewshot", "rankme", "umap_cluster"}
     assert results["skipped"] == {}
     risk = results["results"]["risk"]
     parts = ("approximation", "usability", "probe_generalization", "encoder_generalization")
@@ -113,6 +114,68 @@ def test_report_on_a_short_trained_checkpoint(short_checkpoint, cifar_archive, t
         assert (folder / picture).stat().st_size > 1000 and f"]({picture})" in md
     assert "## risk" in md and "encoder_generalization" in md and "<table>" in (folder / "report.html").read_text()
     assert "risk.total_error" in capsys.readouterr().out
+
+
+def test_report_is_one_sendable_document_with_the_run_and_its_baseline(short_checkpoint,
+                                                                       cifar_archive, tmp_path,
+                                                                       one_thread):
+    """Issue 22.6: the run's identity and curves at the top, the random-init baseline beside
+    every number, the probe's weight-decay sweep, one probe number in every section, shares
+    of the decomposition summing to 100%, and an HTML file with every figure inside it."""
+    import re
+
+    folder = tmp_path / "report"
+    assert main(["report", str(short_checkpoint), "--data", str(cifar_archive), *SMALL,
+                 "--k", "10", "--k-curve", "1", "10", "--weight-decays", "1e-4", "1e-1",
+                 "--shots", "1", "2", "--seeds", "2", "--skip", "umap_cluster",
+                 "--cache-dir", str(tmp_path / "cache"),
+                 "--report-dir", str(folder)]) == 0
+    results = json.loads((folder / "results.json").read_text())
+    assert results["run"] == {"method": "simclr", "backbone": "vit_tiny_patch8", "epochs": "1 of 1",
+                              "steps": 2, "images seen": 64, "global batch": 32,
+                              "dataset": f"imagefolder ({cifar_archive}), 64-image subset",
+                              "image size": 32}
+    md = (folder / "report.md").read_text()
+    top = md.split("## Evaluation")[0]
+    for line in ("| method | simclr |", "| backbone | vit_tiny_patch8 |", "| steps | 2 |",
+                 "| images seen | 64 |", "| image size | 32 |", "](training_curves.png)"):
+        assert line in top
+    assert (folder / "training_curves.png").read_bytes().startswith(b"\x89PNG")
+
+    # the baseline: a random-init ViT-Tiny/8 with the same evaluators, beside every number
+    base = results["baseline"]
+    assert base["model_id"].startswith("random-init:")
+    assert set(base["results"]) == set(results["results"]) == {"knn", "linear", "risk", "fewshot",
+                                                                "rankme"}
+    assert "| fewshot: fewshot_1shot_top1 |" in md and "### few-shot linear probe" in md
+    assert base["results"]["linear"]["linear_top1"] != results["results"]["linear"]["linear_top1"]
+    assert "| metric | this run | random init |" in md
+    assert "| k | top1 | top1 (random init) | top5 | top5 (random init) |" in md
+
+    # one probe: the linear section's top-1 is the decomposition's total, in both encoders
+    for res in (results["results"], base["results"]):
+        lin, risk = res["linear"], res["risk"]
+        assert risk["total_error"] == pytest.approx(100.0 - lin["linear_top1"])
+        assert risk["err_train_train"] == pytest.approx(100.0 - lin["linear_train_top1"])
+        assert risk["probe_weight_decay"] == lin["linear_weight_decay"]
+    # the sweep, with the chosen weight decay marked
+    sweep = results["tables"]["linear"]["weight-decay sweep (top-1 % on the held-out 10% of train)"]
+    assert [r["weight_decay"] for r in sweep] == [1e-4, 1e-1]
+    chosen = [r for r in sweep if r["chosen"] == "yes"]
+    assert len(chosen) == 1 and chosen[0]["weight_decay"] == results["results"]["linear"]["linear_weight_decay"]
+    assert chosen[0]["val_top1"] == max(r["val_top1"] for r in sweep)
+    assert "### weight-decay sweep" in md
+    # shares: each in [0, 100], summing to 100
+    for tables in (results["tables"], base["tables"]):
+        rows = tables["risk"]["risk decomposition (top-1 error, %)"]
+        shares = [r["share_%"] for r in rows[:-1]]
+        assert all(0.0 <= s <= 100.0 for s in shares) and sum(shares) == pytest.approx(100.0)
+
+    # one self-contained HTML file: every figure embedded, nothing fetched from elsewhere
+    page = (folder / "report.html").read_text()
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert len(sources) == 4 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "href=" not in page and "http" not in page.replace("http-equiv", "")
 
 
 def test_label_free_data_runs_the_label_free_evaluators_and_says_why_others_were_skipped(tmp_path):
@@ -135,7 +198,7 @@ def test_label_free_data_runs_the_label_free_evaluators_and_says_why_others_were
     result = ReportEvaluator().run(ctx)
     assert set(result.metrics) == {"rankme.rankme_train", "rankme.feature_dim"}
     skipped = json.loads((tmp_path / "report" / "results.json").read_text())["skipped"]
-    assert set(skipped) == {"knn", "linear", "risk", "umap_cluster"}
+    assert set(skipped) == {"knn", "linear", "risk", "fewshot", "umap_cluster"}
     assert skipped["knn"].startswith("needs a test split") and skipped["umap_cluster"] == "left out with --skip"
     md = (tmp_path / "report" / "report.md").read_text()
     assert "## Skipped" in md and "- linear: needs a test split" in md

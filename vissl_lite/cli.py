@@ -2,6 +2,7 @@
 
     vissl-lite pretrain CONFIG [key=value ...]       train a method from a YAML file or preset name
     vissl-lite eval EVALUATOR CKPT --data PATH
+    vissl-lite compare RUN_OR_RESULTS...              runs side by side (curves, numbers, config)
     vissl-lite config CONFIG [key=value ...]         print the resolved, validated config
     vissl-lite list [methods|backbones|datasets|evaluators|presets] [--markdown]
     vissl-lite export CKPT --format timm|torchvision|safetensors --out FILE   the encoder alone
@@ -170,6 +171,16 @@ def build_parser(with_evaluators: bool = True) -> argparse.ArgumentParser:
     if with_evaluators:
         evaluation.add_eval_arguments(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compare", help="runs side by side: curves, final numbers, config diffs",
+                       description="Compare runs: training curves overlaid, every evaluator's "
+                                   "final numbers with the best marked, the config differences; "
+                                   "Markdown, one-file HTML and PNG.")
+    p.add_argument("runs", nargs="+", metavar="RUN_OR_RESULTS",
+                   help="run folders, checkpoints or results JSON files (two or more)")
+    p.add_argument("--out", default="compare",
+                   help="folder for compare.md, compare.html, compare.json and the PNGs")
+    p.set_defaults(func=lambda args: evaluation.run_compare(args))
 
     p = sub.add_parser("export", help="write a checkpoint's backbone alone (timm, torchvision, "
                                       "safetensors)", parents=[folders],

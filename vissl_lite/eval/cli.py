@@ -141,7 +141,8 @@ def load_encoder(spec: str, args: argparse.Namespace) -> Tuple[nn.Module, Dict[s
     augment = cfg.get("augment") if hasattr(cfg, "get") else None
     return encoder, {"model_id": f"sha256:{file_digest(path)}", "image_size": int(global_view_size(cfg)),
                      "mean": augment.mean if augment else None,
-                     "std": augment.std if augment else None, "augment": augment}
+                     "std": augment.std if augment else None, "augment": augment,
+                     "path": str(path)}
 
 
 def _show(value: Any) -> str:

@@ -115,6 +115,15 @@ class EvalContext:
         self._missing: Dict[str, str] = {}
         self._data_ids: Dict[str, str] = {}
         self.cache_hits: Dict[str, bool] = {}
+        #: results one evaluator computes and another reuses (the fast linear probe: ``risk``)
+        self.memo: Dict[str, Any] = {}
+
+    def sibling(self, load_encoder: EncoderLoader, checkpoint: str) -> "EvalContext":
+        """Another encoder on the same data and options (the data sets are read once for both);
+        no figures."""
+        other = EvalContext(self.args, load_encoder, checkpoint=checkpoint)
+        other._base, other._missing, other._data_ids = self._base, self._missing, self._data_ids
+        return other
 
     # -- encoder --------------------------------------------------------------------------------
     def _load(self) -> None:

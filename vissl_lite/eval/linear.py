@@ -18,7 +18,7 @@ Two protocols:
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -83,16 +83,26 @@ def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, num_classes: int, 
     return linear
 
 
-def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
-                 test_labels: torch.Tensor, weight_decays: Sequence[float] = DEFAULT_WEIGHT_DECAYS,
-                 val_fraction: float = 0.1, optimizer: str = "lbfgs", max_iter: int = 500,
-                 epochs: int = 100, lr: float = 0.1, batch_size: int = 1024,
-                 num_classes: Optional[int] = None, device=None, seed: int = 0) -> Dict[str, float]:
+def linear_probe(*args, **kw) -> Dict[str, float]:
     """Fast linear probe on features (see module docstring); accuracies in %.
 
-    Returns ``linear_top1``, ``linear_top5`` (test), ``linear_weight_decay`` (chosen) and, when
-    several weight decays are swept, ``linear_val_top1`` (the held-out accuracy that chose it).
+    Returns ``linear_top1``, ``linear_top5`` (test), ``linear_train_top1`` (the probe's accuracy
+    on its own training features), ``linear_weight_decay`` (chosen) and, when several weight
+    decays are swept, ``linear_val_top1`` (the held-out accuracy that chose it). The arguments are
+    those of ``linear_probe_sweep``.
     """
+    return linear_probe_sweep(*args, **kw)[0]
+
+
+def linear_probe_sweep(train_features: torch.Tensor, train_labels: torch.Tensor,
+                       test_features: torch.Tensor, test_labels: torch.Tensor,
+                       weight_decays: Sequence[float] = DEFAULT_WEIGHT_DECAYS,
+                       val_fraction: float = 0.1, optimizer: str = "lbfgs", max_iter: int = 500,
+                       epochs: int = 100, lr: float = 0.1, batch_size: int = 1024,
+                       num_classes: Optional[int] = None, device=None, seed: int = 0
+                       ) -> Tuple[Dict[str, float], List[Dict[str, Any]]]:
+    """``linear_probe``'s numbers and its weight-decay sweep: one row per weight decay with the
+    held-out top-1 (%) and whether it was chosen (no rows when only one weight decay is given)."""
     check_features(train_features, train_labels, test_features, test_labels)
     weight_decays = sorted(float(w) for w in weight_decays)
     if not weight_decays:
@@ -103,6 +113,7 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     fit_kw = dict(optimizer=optimizer, max_iter=max_iter, epochs=epochs, lr=lr,
                   batch_size=batch_size, seed=seed)
     out: Dict[str, float] = {}
+    sweep: List[Dict[str, Any]] = []
     best_wd = weight_decays[0]
     if len(weight_decays) > 1:
         n_val = int(round(val_fraction * len(x)))
@@ -117,15 +128,20 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
             linear = fit_logistic_regression(x_fit, y[fit_idx], num_classes, wd, **fit_kw)
             with torch.no_grad():
                 acc = topk_accuracy(linear(x_val), y[val_idx], (1,))[1]
+            sweep.append({"weight_decay": wd, "val_top1": acc})
             if acc >= best_acc:  # ties go to the stronger regularisation (sweep is ascending)
                 best_acc, best_wd = acc, wd
         out["linear_val_top1"] = best_acc
+        for row in sweep:
+            row["chosen"] = "yes" if row["weight_decay"] == best_wd else ""
     x_train, x_test = _standardize(x, test_features.float().to(device))
     linear = fit_logistic_regression(x_train, y, num_classes, best_wd, **fit_kw)
     with torch.no_grad():
         acc = topk_accuracy(linear(x_test), test_labels.long().to(device))
-    out.update(linear_top1=acc[1], linear_top5=acc[5], linear_weight_decay=float(best_wd))
-    return out
+        train_acc = topk_accuracy(linear(x_train), y, (1,))[1]
+    out.update(linear_top1=acc[1], linear_top5=acc[5], linear_train_top1=train_acc,
+               linear_weight_decay=float(best_wd))
+    return out, sweep
 
 
 class ProbeHead(nn.Module):
@@ -198,6 +214,23 @@ def linear_probe_augmented(encoder: nn.Module, train_dataset: Dataset, test_data
     return {"linear_top1": acc[1], "linear_top5": acc[5], "linear_train_loss": float(loss.detach())}
 
 
+SWEEP_TITLE = "weight-decay sweep (top-1 % on the held-out 10% of train)"
+
+
+def shared_probe(ctx: EvalContext) -> Tuple[Dict[str, float], List[Dict[str, Any]]]:
+    """The fast probe of ``ctx`` (``linear_probe_sweep`` with the ``linear`` options), fitted
+    once per context: the ``linear`` and ``risk`` evaluators report the same probe."""
+    if "linear_probe" not in ctx.memo:
+        a = ctx.args
+        xtr, ytr, xte, yte = ctx.labelled_features()
+        ctx.memo["linear_probe"] = linear_probe_sweep(
+            xtr, ytr, xte, yte, weight_decays=getattr(a, "weight_decays", DEFAULT_WEIGHT_DECAYS),
+            optimizer=getattr(a, "optimizer", "lbfgs"), epochs=getattr(a, "epochs", 100),
+            lr=getattr(a, "lr", 0.1), num_classes=ctx.num_classes(), device=ctx.device,
+            seed=a.seed)
+    return ctx.memo["linear_probe"]
+
+
 @EVALUATORS.register("linear", help="linear probe: logistic regression on frozen features with a "
                                     "weight-decay sweep, or the augmented SGD protocol")
 class LinearEvaluator(Evaluator):
@@ -219,12 +252,10 @@ class LinearEvaluator(Evaluator):
 
     def run(self, ctx: EvalContext) -> EvalResult:
         a = ctx.args
-        xtr, ytr, xte, yte = ctx.labelled_features()
-        num_classes = ctx.num_classes()
         if a.mode == "fast":
-            return EvalResult(linear_probe(xtr, ytr, xte, yte, weight_decays=a.weight_decays,
-                                           optimizer=a.optimizer, epochs=a.epochs, lr=a.lr,
-                                           num_classes=num_classes, device=ctx.device, seed=a.seed))
+            metrics, sweep = shared_probe(ctx)
+            return EvalResult(dict(metrics), tables={SWEEP_TITLE: sweep} if sweep else {})
+        num_classes = ctx.num_classes()
         aug_train = ctx.dataset("train", train_probe_transform(ctx.image_size, *ctx.mean_std))
         return EvalResult(linear_probe_augmented(
             ctx.encoder, aug_train, ctx.dataset("test"), num_classes, epochs=a.epochs,

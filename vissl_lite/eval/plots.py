@@ -85,3 +85,30 @@ def image_grid(path: Path, images: torch.Tensor, captions: Sequence[str], title:
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
     return _save(fig, path)
+
+
+def panel_plot(path: Path, panels: dict, xlabel: str, title: str = "", columns: int = 3) -> str:
+    """One small plot per entry of ``panels`` (panel title -> {line label -> (xs, ys)}), lines of
+    the same label in the same colour across panels; a legend when there are several labels."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n = max(len(panels), 1)
+    cols = min(columns, n)
+    rows = -(-n // cols)
+    fig = Figure(figsize=(4.2 * cols, 3.2 * rows + (0.4 if title else 0)), dpi=100)
+    FigureCanvasAgg(fig)
+    labels = list(dict.fromkeys(label for lines in panels.values() for label in lines))
+    colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
+    for i, (name, lines) in enumerate(panels.items()):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        for label, (xs, ys) in lines.items():
+            ax.plot(list(xs), list(ys), lw=1.2, color=colours[label], label=label,
+                    marker="o" if len(xs) < 12 else None, markersize=3)
+        ax.set(xlabel=xlabel, title=name)
+        ax.grid(alpha=0.3)
+        if len(labels) > 1 and i == 0:
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

@@ -1,19 +1,22 @@
 """``vissl-lite eval report CHECKPOINT --data PATH``: every evaluator that applies, in one report.
 
-Runs kNN (with the accuracy-vs-k curve), the fast linear probe, the risk decomposition, RankMe
-(with the singular-value spectrum) and UMAP clustering (with a 2-D scatter, when umap-learn is
-installed) on features extracted once, and writes into ``--report-dir``:
+Runs kNN (with the accuracy-vs-k curve), the fast linear probe (with its weight-decay sweep), the
+risk decomposition of that same probe's error, the few-shot probe (1-25 images per class), RankMe (with the singular-value spectrum) and UMAP
+clustering (with a 2-D scatter, when umap-learn is installed) on features extracted once, for the
+checkpoint and for its random-init baseline (``eval/baseline.py``: same backbone, size and
+evaluators), and writes into ``--report-dir``:
 
-    report.md     tables and pictures, one section per evaluator, and which were skipped and why
-    report.html   the same, self-contained apart from the PNGs beside it
-    results.json  every number, the configuration, the data and the model id
+    report.md     the run (method, backbone, epochs, steps, images seen, data, image size) and its
+                  training curves at the top, a summary, then one section per evaluator with the
+                  baseline beside every number, and which evaluators were skipped and why
+    report.html   the same as one self-contained file (figures embedded): the file to send
+    results.json  every number of both encoders, the configuration, the data and the model ids
     *.png         the figures
 
 Data without a test split or without labels (label -1) runs the label-free evaluators only.
 """
 from __future__ import annotations
 
-import html
 import json
 import shlex
 import sys
@@ -23,13 +26,20 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from vissl_lite.numbers import tidy
 from vissl_lite.errors import EvalError
+from vissl_lite.eval.baseline import baseline_context
 from vissl_lite.eval.evaluator import EvalContext, EvalResult, Evaluator
+from vissl_lite.eval.plots import panel_plot
+from vissl_lite.eval.render import Block, fmt, write_documents
+from vissl_lite.eval.runs import Run
 from vissl_lite.registry import EVALUATORS
 
 #: the evaluators a report runs, in this order
-PARTS = ("knn", "linear", "risk", "rankme", "umap_cluster")
-
-Block = Tuple[str, Any]
+PARTS = ("knn", "linear", "risk", "fewshot", "rankme", "umap_cluster")
+#: the number of each evaluator the summary shows (default: its first)
+HEADLINE = {"linear": "linear_top1", "risk": "total_error", "fewshot": "fewshot_10shot_top1",
+            "rankme": "rankme_train",
+            "umap_cluster": "ami"}
+BASE = "random init"
 
 
 def skip_reason(ctx: EvalContext, name: str) -> Optional[str]:
@@ -45,31 +55,90 @@ def skip_reason(ctx: EvalContext, name: str) -> Optional[str]:
     return None
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
-    return str(value)
+def run_parts(ctx: EvalContext, leave_out) -> Tuple[Dict[str, EvalResult], Dict[str, str],
+                                                    Dict[str, float]]:
+    """Every evaluator of ``PARTS`` that applies: (results, skipped with why, seconds)."""
+    parts: Dict[str, EvalResult] = {}
+    skipped: Dict[str, str] = {}
+    seconds: Dict[str, float] = {}
+    for name in PARTS:
+        reason = "left out with --skip" if name in leave_out else skip_reason(ctx, name)
+        if reason:
+            skipped[name] = reason
+            continue
+        t0 = time.time()
+        try:
+            parts[name] = EVALUATORS.get(name)().run(ctx)
+        except EvalError as err:
+            skipped[name] = f"failed: {err}"
+        seconds[name] = round(time.time() - t0, 2)
+    return parts, skipped, seconds
 
 
-def _metric_rows(metrics: Dict[str, Any]) -> List[List[str]]:
-    return [[k, _fmt(v)] for k, v in metrics.items()]
+def _numeric(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def report_blocks(header: Dict[str, Any], parts: Dict[str, EvalResult],
-                  skipped: Dict[str, str], figure_dir: Path) -> List[Block]:
+def _with_baseline(rows: List[Dict[str, Any]], base: Optional[List[Dict[str, Any]]]) -> Tuple[
+        List[str], List[List[str]]]:
+    """A table's columns and cells, with a ``(random init)`` column after each numeric one when
+    the baseline has the same table (same rows by their first column)."""
+    cols = list(rows[0])
+    key = cols[0]
+    paired = bool(base) and [r[key] for r in rows] == [r.get(key) for r in base]
+    out_cols: List[str] = []
+    for c in cols:
+        out_cols.append(c)
+        if paired and c != key and _numeric(rows[0][c]):
+            out_cols.append(f"{c} ({BASE})")
+    cells = []
+    for i, r in enumerate(rows):
+        line = []
+        for c in cols:
+            line.append(fmt(r[c]))
+            if paired and c != key and _numeric(rows[0][c]):
+                line.append(fmt(base[i].get(c)))
+        cells.append(line)
+    return out_cols, cells
+
+
+def headline(name: str, result: EvalResult) -> Optional[str]:
+    key = HEADLINE.get(name)
+    return key if key in result.metrics else next(iter(result.metrics), None)
+
+
+def report_blocks(header: Dict[str, Any], run: Optional[Dict[str, Any]], curves: Optional[str],
+                  parts: Dict[str, EvalResult], base: Dict[str, EvalResult],
+                  skipped: Dict[str, str], base_note: str) -> List[Block]:
     """The report as a list of (kind, content) blocks, rendered to Markdown and HTML alike."""
-    blocks: List[Block] = [("h1", "vissl-lite evaluation report"),
-                           ("table", (["", ""], [[k, _fmt(v)] for k, v in header.items()]))]
+    title = "vissl-lite evaluation report"
+    if run:
+        title += f": {run['method']}, {run['backbone']}, {run['epochs']} epochs"
+    blocks: List[Block] = [("h1", title)]
+    if run:
+        blocks += [("h2", "Run"), ("table", (["", ""], [[k, fmt(v)] for k, v in run.items()]))]
+    if curves:
+        blocks.append(("img", ("training curves (metrics.jsonl) against the step", curves)))
+    blocks += [("h2", "Evaluation"), ("table", (["", ""], [[k, fmt(v)] for k, v in header.items()]))]
+    if base_note:
+        blocks.append(("p", base_note))
+    summary = [[f"{name}: {key}", fmt(r.metrics[key]),
+                fmt(base[name].metrics.get(key)) if name in base else "-"]
+               for name, r in parts.items() if (key := headline(name, r))]
+    if summary:
+        blocks += [("h2", "Summary"), ("table", (["number", "this run", BASE], summary))]
     for name, result in parts.items():
+        other = base.get(name)
         blocks.append(("h2", f"{name}: {EVALUATORS.describe(name)}"))
-        blocks.append(("table", (["metric", "value"], _metric_rows(result.metrics))))
-        for title, rows in result.tables.items():
-            if rows:
-                blocks.append(("h3", title))
-                cols = list(rows[0])
-                blocks.append(("table", (cols, [[_fmt(r[c]) for c in cols] for r in rows])))
+        rows = [[k, fmt(v), fmt(other.metrics.get(k)) if other else "-"]
+                for k, v in result.metrics.items()]
+        blocks.append(("table", (["metric", "this run", BASE], rows)))
+        for table, table_rows in result.tables.items():
+            if table_rows:
+                blocks += [("h3", table), ("table", _with_baseline(
+                    table_rows, other.tables.get(table) if other else None))]
         for caption, path in result.figures.items():
-            blocks.append(("img", (caption, str(Path(path).relative_to(figure_dir)))))
+            blocks.append(("img", (caption, path)))
         for note in result.notes:
             blocks.append(("p", f"Note: {note}"))
     if skipped:
@@ -78,51 +147,15 @@ def report_blocks(header: Dict[str, Any], parts: Dict[str, EvalResult],
     return blocks
 
 
-def to_markdown(blocks: List[Block]) -> str:
-    out: List[str] = []
-    for kind, content in blocks:
-        if kind in ("h1", "h2", "h3"):
-            out.append(f"{'#' * int(kind[1])} {content}\n")
-        elif kind == "p":
-            out.append(f"{content}\n")
-        elif kind == "ul":
-            out.append("\n".join(f"- {item}" for item in content) + "\n")
-        elif kind == "img":
-            caption, path = content
-            out.append(f"![{caption}]({path})\n\n*{caption}*\n")
-        elif kind == "table":
-            cols, rows = content
-            lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-            lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
-            out.append("\n".join(lines) + "\n")
-    return "\n".join(out)
-
-
-def to_html(blocks: List[Block]) -> str:
-    e = html.escape
-    body: List[str] = []
-    for kind, content in blocks:
-        if kind in ("h1", "h2", "h3"):
-            body.append(f"<{kind}>{e(content)}</{kind}>")
-        elif kind == "p":
-            body.append(f"<p>{e(content)}</p>")
-        elif kind == "ul":
-            body.append("<ul>" + "".join(f"<li>{e(i)}</li>" for i in content) + "</ul>")
-        elif kind == "img":
-            caption, path = content
-            body.append(f'<figure><img src="{e(path)}" alt="{e(caption)}">'
-                        f"<figcaption>{e(caption)}</figcaption></figure>")
-        elif kind == "table":
-            cols, rows = content
-            head = "".join(f"<th>{e(c)}</th>" for c in cols)
-            rows_html = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>"
-                                for row in rows)
-            body.append(f"<table><tr>{head}</tr>{rows_html}</table>")
-    style = ("body{font-family:sans-serif;max-width:900px;margin:2em auto}"
-             "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;"
-             "padding:2px 8px;text-align:left}img{max-width:100%}figcaption{font-size:90%}")
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>vissl-lite report"
-            f"</title><style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+def training_curves(ctx: EvalContext, folder: Path) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    """The run's identity and a PNG of its curves (None, None for a checkpoint outside a run)."""
+    path = ctx.info.get("path")
+    if not path:
+        return None, None
+    run = Run(Path(path))
+    panels = {metric: {run.name: series} for metric, series in run.curves().items()}
+    figure = panel_plot(folder / "training_curves.png", panels, "step") if panels else None
+    return run.identity, figure
 
 
 @EVALUATORS.register("report", help=f"every evaluator that applies ({', '.join(PARTS)}) in one "
@@ -136,28 +169,28 @@ class ReportEvaluator(Evaluator):
         g.add_argument("--report-dir", default="eval_report",
                        help="folder for report.md, report.html, results.json and the figures")
         g.add_argument("--skip", nargs="*", default=[], choices=PARTS, help="evaluators to leave out")
+        g.add_argument("--no-baseline", action="store_true",
+                       help="leave out the random-init baseline (halves the time)")
         for name in PARTS:
             EVALUATORS.get(name).add_arguments(parser)
 
     def run(self, ctx: EvalContext) -> EvalResult:
         start = time.time()
-        folder = Path(ctx.args.report_dir)
+        a = ctx.args
+        folder = Path(a.report_dir)
         folder.mkdir(parents=True, exist_ok=True)
         ctx.figure_dir, ctx.figure_prefix = folder, ""
-        parts: Dict[str, EvalResult] = {}
-        skipped: Dict[str, str] = {}
-        seconds: Dict[str, float] = {}
-        for name in PARTS:
-            reason = "left out with --skip" if name in ctx.args.skip else skip_reason(ctx, name)
-            if reason:
-                skipped[name] = reason
-                continue
-            t0 = time.time()
-            try:
-                parts[name] = EVALUATORS.get(name)().run(ctx)
-            except EvalError as err:
-                skipped[name] = f"failed: {err}"
-            seconds[name] = round(time.time() - t0, 2)
+        parts, skipped, seconds = run_parts(ctx, a.skip)
+        base: Dict[str, EvalResult] = {}
+        base_ctx, why_not = (None, "left out with --no-baseline") if a.no_baseline else \
+            baseline_context(ctx)
+        if base_ctx is not None:
+            base, _, _ = run_parts(base_ctx, set(a.skip) | set(skipped))
+            base_note = (f"Baseline ({BASE}): {base_ctx.checkpoint}, the same backbone config, "
+                         f"image size and evaluators, untrained.")
+        else:
+            base_note = f"No random-init baseline: {why_not}."
+        run, curves = training_curves(ctx, folder)
         data = ctx.describe_data()
         header = {"checkpoint": ctx.checkpoint, "model id": ctx.info["model_id"],
                   "data": f"{data['path']} ({data['dataset']})",
@@ -165,16 +198,19 @@ class ReportEvaluator(Evaluator):
                   "image size": data["image_size"], "feature dim": data.get("feature_dim", "-"),
                   "device": str(ctx.device), "seconds": round(time.time() - start, 1),
                   "command": shlex.join(["vissl-lite", *sys.argv[1:]]) if sys.argv[1:] else "(Python)"}
-        blocks = report_blocks(header, parts, skipped, folder)
-        (folder / "report.md").write_text(to_markdown(blocks))
-        (folder / "report.html").write_text(to_html(blocks))
-        config = {k: v for k, v in vars(ctx.args).items() if k not in ("func", "command")}
-        record = {"checkpoint": ctx.checkpoint, "model_id": ctx.info["model_id"], "data": data,
-                  "config": config, "device": str(ctx.device), "seconds": seconds,
+        blocks = report_blocks(header, run, curves, parts, base, skipped, base_note)
+        write_documents(blocks, folder, "report", "vissl-lite report")
+        config = {k: v for k, v in vars(a).items() if k not in ("func", "command")}
+        record = {"checkpoint": ctx.checkpoint, "model_id": ctx.info["model_id"], "run": run,
+                  "data": data, "config": config, "device": str(ctx.device), "seconds": seconds,
                   "results": {n: r.metrics for n, r in parts.items()},
                   "tables": {n: r.tables for n, r in parts.items()},
                   "figures": {n: r.figures for n, r in parts.items()},
-                  "extra": {n: r.extra for n, r in parts.items()}, "skipped": skipped}
+                  "extra": {n: r.extra for n, r in parts.items()}, "skipped": skipped,
+                  "baseline": {"model_id": base_ctx.info["model_id"] if base_ctx else None,
+                               "note": base_note,
+                               "results": {n: r.metrics for n, r in base.items()},
+                               "tables": {n: r.tables for n, r in base.items()}}}
         (folder / "results.json").write_text(json.dumps(tidy(record), indent=2, default=str) + "\n")
         summary = {f"{n}.{k}": v for n, r in parts.items() for k, v in r.metrics.items()}
         notes = [f"skipped {n}: {why}" for n, why in skipped.items()]
