@@ -21,7 +21,7 @@ from torch import nn
 from vissl_lite.errors import BackboneError
 
 CONTAINER_KEYS = ("state_dict", "model", "teacher", "target_encoder", "encoder")
-CLASSIFIER_PREFIXES = ("fc.", "head.", "fc_norm.")
+CLASSIFIER_PREFIXES = ("fc.", "head.", "fc_norm.", "heads.", "classifier.")
 
 
 def load_pretrained_weights(model: nn.Module, path: str | Path) -> None:
