@@ -254,3 +254,47 @@ def test_checkpoint_card_and_overrides(tmp_path, capsys):
     assert card.mean == (0.5, 0.5, 0.5) and "overridden: interpolation, mean" in card.source
     assert "preprocessing: resize 32 bicubic" in capsys.readouterr().out
     assert info["model_id"].startswith("sha256:")
+
+
+def test_continued_pretraining_starts_from_any_spec(tmp_path):
+    """``backbone.pretrained=timm:...`` (weights from ``backbone.pretrained_path``) and
+    ``backbone.pretrained=torchvision:...``: the zoo backbone starts from exactly those tensors."""
+    from vissl_lite.config import load_config
+    from vissl_lite.methods import build_method
+
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0)
+    save_file(vit.state_dict(), str(tmp_path / "vit.safetensors"))
+    cfg = load_config("mae/cifar10_vit_tiny", [
+        "data.root=/unused", "backbone.name=vit_tiny_patch16", "backbone.img_size=224",
+        "backbone.pos_embed=learn", "backbone.pretrained=timm:vit_tiny_patch16_224",
+        f"backbone.pretrained_path={tmp_path / 'vit.safetensors'}"])
+    ours = build_method(cfg).backbone.state_dict()
+    assert all(torch.equal(ours[k], v) for k, v in vit.state_dict().items())
+
+    resnet = torchvision.models.resnet18()
+    torch.save(resnet.state_dict(), tmp_path / "r18.pth")
+    cfg = load_config("simclr/cifar10_resnet18", [
+        "data.root=/unused", "backbone.cifar_stem=false", "backbone.pretrained=torchvision:resnet18",
+        f"backbone.pretrained_path={tmp_path / 'r18.pth'}"])
+    ours = build_method(cfg).backbone.state_dict()
+    assert all(torch.equal(ours[k], v) for k, v in resnet.state_dict().items() if k in ours)
+    cfg = load_config("simclr/cifar10_resnet18", [
+        "data.root=/unused", "backbone.pretrained=torchvision:resnet18",
+        f"backbone.pretrained_path={tmp_path / 'r18.pth'}"])        # CIFAR stem: conv1 differs
+    with pytest.raises(BackboneError, match="backbone.pretrained: torchvision:resnet18 does not "
+                                            "fit resnet18: .*conv1.weight"):
+        build_method(cfg)
+
+
+def test_load_backbone_and_export_take_specs(tmp_path):
+    import vissl_lite
+    from vissl_lite.errors import CheckpointError
+    from vissl_lite.export import export_backbone
+
+    model = timm.create_model(TIMM_VIT, pretrained=False, num_classes=0).eval()
+    save_file(model.state_dict(), str(tmp_path / "w.safetensors"))
+    enc = vissl_lite.load_backbone(f"timm:{TIMM_VIT}", weights=str(tmp_path / "w.safetensors"))
+    x = torch.randn(1, 3, 160, 160)
+    assert torch.equal(enc(x), model(x)) and enc.card.image_size == 160
+    with pytest.raises(CheckpointError, match="already a model of its library"):
+        export_backbone(f"timm:{TIMM_VIT}", "timm", tmp_path / "out.pth")

@@ -28,6 +28,7 @@ import torch
 from vissl_lite.backbones.card import Card, card_for_size
 from vissl_lite.backbones.config import BackboneConfig
 from vissl_lite.backbones.encoder import Encoder
+from vissl_lite.backbones.weights import load_state
 from vissl_lite.backbones.sources import Built, build_hub, build_timm, build_torchvision
 from vissl_lite.backbones.zoo import build_backbone_from_config
 from vissl_lite.config import global_view_size
@@ -154,6 +155,31 @@ def build_external(spec: str, weights: Optional[str] = None) -> Built:
                                 f"hub:~/dinov2:dinov2_vits14")
         return build_hub(repo, entry, weights)
     raise BackboneError(f"{spec} is not a timm:, torchvision: or hub: spec")
+
+
+def build_backbone_for_run(backbone_cfg: Any, image_size: Optional[int] = None):
+    """The zoo backbone of the ``backbone`` section, starting from ``backbone.pretrained`` (any
+    spec but ``random:``; ``backbone.pretrained_path`` is then its weights file) when set: the
+    spec's tensors are loaded as a weights file is (prefixes stripped, classifier dropped,
+    position embeddings resampled, a strict fit). Continued pretraining from any encoder."""
+    model = build_backbone_from_config(backbone_cfg, image_size=image_size)
+    spec = _option(backbone_cfg, "pretrained")
+    if not spec:
+        return model
+    kind, _ = parse_spec(spec)
+    if kind == "random":
+        raise BackboneError(f"backbone.pretrained={spec}: a random init is no starting point; "
+                            f"remove backbone.pretrained")
+    if kind == "checkpoint":
+        source = checkpoint_encoder(spec)[0].model
+    else:
+        source = build_external(spec, _option(backbone_cfg, "pretrained_path")).model
+    load_state(model, {k: v.detach().clone() for k, v in source.state_dict().items()}, spec)
+    return model
+
+
+def _option(section: Any, key: str) -> Any:
+    return section.get(key) if hasattr(section, "get") else getattr(section, key, None)
 
 
 def resolve_encoder(spec: str, *, weights: Optional[str] = None, feature: Optional[str] = None,

@@ -71,7 +71,8 @@ for _size, (_dim, _, _) in VIT_SIZES.items():
 
 def _schema_defaults() -> Dict[str, Any]:
     fields = dataclasses.fields(BackboneConfig)
-    return {f.name: f.default for f in fields if f.name not in ("name", "pretrained_path")}
+    return {f.name: f.default for f in fields
+            if f.name not in ("name", "pretrained_path", "pretrained")}
 
 
 def _options_for(name: str, builder: Callable, options: Mapping[str, Any], error: type,
@@ -121,6 +122,8 @@ def build_backbone_from_config(backbone_cfg, image_size: Optional[int] = None) -
         values = {str(k): backbone_cfg[k] for k in backbone_cfg}
     name = values.pop("name", None) or BackboneConfig.name
     pretrained_path = values.pop("pretrained_path", None)
+    if values.pop("pretrained", None):
+        pretrained_path = None  # specs.build_backbone_for_run loads an encoder spec's weights
     builder = _get_builder(name, "backbone.name: ")
     if "img_size" in inspect.signature(builder).parameters and values.get("img_size") is None:
         values["img_size"] = image_size

@@ -11,7 +11,7 @@ from typing import List
 
 from torch import nn
 
-from vissl_lite.backbones import build_backbone_from_config
+from vissl_lite.backbones.specs import build_backbone_for_run
 from vissl_lite.config import global_view_size
 from vissl_lite.errors import ConfigError
 from vissl_lite.methods.base import Method, StepOutput, check_backbone_family
@@ -22,7 +22,7 @@ def build_method(cfg) -> Method:
     """Build backbone + method from a full experiment config (``vissl_lite.config.load_config``)."""
     cls = METHODS.get(cfg.method.name)
     image_size = global_view_size(cfg)
-    backbone = build_backbone_from_config(cfg.backbone, image_size=image_size)
+    backbone = build_backbone_for_run(cfg.backbone, image_size=image_size)
     check_backbone_family(cls, backbone, cfg.backbone.name)
     method = cls(backbone, cfg.method)
     _check_local_crops(method, backbone, cfg, image_size)
