@@ -4,6 +4,7 @@
     vissl-lite eval EVALUATOR CKPT --data PATH
     vissl-lite config CONFIG [key=value ...]         print the resolved, validated config
     vissl-lite list [methods|backbones|datasets|evaluators|presets] [--markdown]
+    vissl-lite embed ENCODER --data DIR --out FILE.npy  the embedding of every image, resumable
     vissl-lite export CKPT --format timm|torchvision|safetensors --out FILE   the encoder alone
     vissl-lite shard DATA --out DIR --shard-size N     tar shards for data.name=shards
 
@@ -15,6 +16,7 @@ preset folders, so a new method file shows up here without an edit.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,7 +30,8 @@ from vissl_lite.data.datasets import build_dataset
 from vissl_lite.data.shard_writer import write_shards
 from vissl_lite.engine.trainer import Trainer
 from vissl_lite.errors import VisslLiteError
-from vissl_lite.eval.cli import add_eval_arguments, run_eval_cli
+from vissl_lite.eval.cli import add_encoder_arguments, add_eval_arguments, load_encoder, run_eval_cli
+from vissl_lite.eval.embed import embed_images
 from vissl_lite.export import export_backbone
 from vissl_lite.presets import list_presets
 from vissl_lite.registry import ALL_REGISTRIES, EVALUATORS, METHODS
@@ -107,6 +110,20 @@ def cmd_shard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    """Embed every image of a folder or tar archive with any encoder spec."""
+    encoder, info = load_encoder(args.encoder, args)
+    encoder.card = info["card"]  # with the command line's overrides
+    summary = embed_images(encoder, args.data, args.out, batch_size=args.batch_size,
+                           num_workers=args.num_workers, device=args.device,
+                           precision=args.precision, chunk=args.chunk, progress=not args.quiet)
+    skipped = f" ({summary['skipped_chunks']} chunks already written)" if summary[
+        "skipped_chunks"] else ""
+    print(f"wrote {summary['images']:,} embeddings ({summary['dim']}-d) of {args.data} to "
+          f"{summary['out']}{skipped}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     return run_eval_cli(args) or 0
 
@@ -133,6 +150,24 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(or random:<backbone> for a random-init baseline).")
     add_eval_arguments(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("embed", help="embed every image of a folder or tar with any encoder",
+                       description="Write the embedding of every image of a folder or tar (sorted "
+                                   "by path) with its path: FILE.npy + FILE.csv, .parquet or "
+                                   ".safetensors. Resumable: a rerun skips the chunks written.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("encoder", help="an encoder spec: a checkpoint or run folder, timm:<model>, "
+                                   "torchvision:<model>[:<weights>], hub:<dir>:<entry>, random:<name>")
+    p.add_argument("--data", required=True, help="a folder of images (any nesting) or a .tar/.tar.gz")
+    p.add_argument("--out", required=True, help="FILE.npy (+ FILE.csv), .parquet or .safetensors")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--chunk", type=int, default=4096, help="images per resumable part")
+    p.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_encoder_arguments(p)
+    p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("export", help="write a checkpoint's backbone alone (timm, torchvision, "
                                       "safetensors)",

@@ -60,9 +60,6 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                                                  "test/, or the root of a --dataset")
     g.add_argument("--dataset", default="imagefolder",
                    help="imagefolder | cifar10 | cifar100 | stl10 (default: imagefolder)")
-    g.add_argument("--image-size", type=int, default=None,
-                   help="evaluation size (default: the encoder's card: a checkpoint's training "
-                        "size, timm's pretrained_cfg, ...)")
     g.add_argument("--subset-train", type=int, default=None, metavar="N",
                    help="a fixed random N images of train (quick runs)")
     g.add_argument("--subset-test", type=int, default=None, metavar="N")
@@ -70,19 +67,6 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="DataLoader workers (default: min(4, CPU cores))")
     g = parser.add_argument_group("model and runtime")
-    g.add_argument("--cifar-stem", action="store_true", help="random:<resnet>: 3x3 stem, no "
-                                                             "max-pool (32 px unless --image-size)")
-    g.add_argument("--like", default=None, metavar="CKPT",
-                   help="random:<backbone>: take the image size, stem and normalisation of this run")
-    g.add_argument("--weights", default=None, metavar="FILE",
-                   help="timm:/torchvision:/hub: specs: local weights (.pth or .safetensors)")
-    g.add_argument("--feature", default=None, choices=FEATURES,
-                   help="the global feature (default per family: pool; DINOv2 hub: cls+mean)")
-    g = parser.add_argument_group("preprocessing (default: the encoder's card)")
-    g.add_argument("--resize", type=int, default=None, help="short side before the center crop")
-    g.add_argument("--interpolation", default=None, choices=INTERPOLATIONS)
-    g.add_argument("--mean", type=float, nargs=3, default=None)
-    g.add_argument("--std", type=float, nargs=3, default=None)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
@@ -90,6 +74,28 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-cache", action="store_true", help="do not read or write cached features")
     g.add_argument("--out", default=None,
                    help="write the configuration and results as JSON here (figures beside it)")
+    add_encoder_arguments(parser)
+
+
+def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the encoder spec is resolved and its preprocessing card overridden (eval and embed)."""
+    g = parser.add_argument_group("encoder")
+    g.add_argument("--weights", default=None, metavar="FILE",
+                   help="timm:/torchvision:/hub: specs: local weights (.pth or .safetensors)")
+    g.add_argument("--feature", default=None, choices=FEATURES,
+                   help="the global feature (default per family: pool; DINOv2 hub: cls+mean)")
+    g.add_argument("--like", default=None, metavar="CKPT",
+                   help="random:<backbone>: take the image size, stem and normalisation of this run")
+    g.add_argument("--cifar-stem", action="store_true", help="random:<resnet>: 3x3 stem, no "
+                                                             "max-pool (32 px unless --image-size)")
+    g = parser.add_argument_group("preprocessing (default: the encoder's card)")
+    g.add_argument("--image-size", type=int, default=None,
+                   help="center-crop size (default: the encoder's card: a checkpoint's training "
+                        "size, timm's pretrained_cfg, ...)")
+    g.add_argument("--resize", type=int, default=None, help="short side before the center crop")
+    g.add_argument("--interpolation", default=None, choices=INTERPOLATIONS)
+    g.add_argument("--mean", type=float, nargs=3, default=None)
+    g.add_argument("--std", type=float, nargs=3, default=None)
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -121,18 +127,19 @@ def load_encoder(spec: str, args: argparse.Namespace) -> Tuple[nn.Module, Dict[s
     """(encoder, info) of any encoder spec (``backbones/specs.py``), with the preprocessing card
     overridden by the command line; info: model_id, image_size, mean, std, augment, card, encoder.
     The card is printed (rank 0) as the evaluation's header."""
-    native = NATIVE_SIZE.get(args.dataset)
+    native = NATIVE_SIZE.get(getattr(args, "dataset", None))
     random_size = args.image_size or (None if args.like else native) or (
         32 if args.cifar_stem and spec.startswith("random:") else None)
     try:
         if parse_spec(spec)[0] == "checkpoint":
             encoder, cfg = checkpoint_encoder(spec, args.feature)
             augment = cfg.get("augment") if hasattr(cfg, "get") else None
-            _monitor_note(cfg, args)
+            if hasattr(args, "evaluator"):
+                _monitor_note(cfg, args)
         else:
             encoder = resolve_encoder(spec, weights=args.weights, feature=args.feature,
                                       like=args.like, image_size=random_size,
-                                      cifar_stem=args.cifar_stem, seed=args.seed)
+                                      cifar_stem=args.cifar_stem, seed=getattr(args, "seed", 0))
             augment = None
         card = encoder.card.replace(image_size=args.image_size, resize=args.resize,
                                     interpolation=args.interpolation, mean=args.mean, std=args.std)
