@@ -264,9 +264,11 @@ class EvalContext:
 
     def describe_data(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"path": str(self.args.data), "dataset": self.args.dataset}
-        if self.encoder_loaded:
-            mean, std = self.mean_std
+        try:
+            mean, std = self.mean_std   # loads the encoder if no evaluator has
             out.update(image_size=self.image_size, mean=list(mean), std=list(std))
+        except EvalError:               # none given, or a spec that cannot load (said elsewhere)
+            pass
         for split, (x, _) in self._features.items():
             out[f"num_{split}"] = len(x)
             out["feature_dim"] = int(x.shape[1])
