@@ -5,6 +5,7 @@
     vissl-lite compare RUN_OR_RESULTS...              runs side by side (curves, numbers, config)
     vissl-lite config CONFIG [key=value ...]         print the resolved, validated config
     vissl-lite list [methods|backbones|datasets|evaluators|presets] [--markdown]
+    vissl-lite embed ENCODER --data DIR --out FILE.npy  the embedding of every image, resumable
     vissl-lite export CKPT --format timm|torchvision|safetensors --out FILE   the encoder alone
     vissl-lite shard DATA --out DIR --shard-size N     tar shards for data.name=shards
 
@@ -21,6 +22,7 @@ trainer, the evaluators, data and export are reached through the packages' lazy 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -126,6 +128,20 @@ def cmd_shard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    """Embed every image of a folder or tar archive with any encoder spec."""
+    encoder, info = evaluation.load_encoder(args.encoder, args)
+    encoder.card = info["card"]  # with the command line's overrides
+    summary = evaluation.embed_images(encoder, args.data, args.out, batch_size=args.batch_size,
+                           num_workers=args.num_workers, device=args.device,
+                           precision=args.precision, chunk=args.chunk, progress=not args.quiet)
+    skipped = f" ({summary['skipped_chunks']} chunks already written)" if summary[
+        "skipped_chunks"] else ""
+    print(f"wrote {summary['images']:,} embeddings ({summary['dim']}-d) of {args.data} to "
+          f"{summary['out']}{skipped}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     return evaluation.run_eval_cli(args) or 0
 
@@ -144,8 +160,8 @@ def _folders() -> argparse.ArgumentParser:
 
 
 def build_parser(with_evaluators: bool = True) -> argparse.ArgumentParser:
-    """The command line; ``with_evaluators=False`` leaves the evaluators' own options out (they
-    import torch), for every command but ``eval``."""
+    """The command line; ``with_evaluators=False`` leaves the evaluators' and encoders' own
+    options out (they import torch), for every command but ``eval`` and ``embed``."""
     folders = _folders()
     parser = argparse.ArgumentParser(
         prog="vissl-lite",
@@ -181,6 +197,25 @@ def build_parser(with_evaluators: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--out", default="compare",
                    help="folder for compare.md, compare.html, compare.json and the PNGs")
     p.set_defaults(func=lambda args: evaluation.run_compare(args))
+
+    p = sub.add_parser("embed", help="embed every image of a folder or tar with any encoder",
+                       description="Write the embedding of every image of a folder or tar (sorted "
+                                   "by path) with its path: FILE.npy + FILE.csv, .parquet or "
+                                   ".safetensors. Resumable: a rerun skips the chunks written.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("encoder", help="an encoder spec: a checkpoint or run folder, timm:<model>, "
+                                   "torchvision:<model>[:<weights>], hub:<dir>:<entry>, random:<name>")
+    p.add_argument("--data", required=True, help="a folder of images (any nesting) or a .tar/.tar.gz")
+    p.add_argument("--out", required=True, help="FILE.npy (+ FILE.csv), .parquet or .safetensors")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--chunk", type=int, default=4096, help="images per resumable part")
+    p.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    if with_evaluators:
+        evaluation.add_encoder_arguments(p)
+    p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("export", help="write a checkpoint's backbone alone (timm, torchvision, "
                                       "safetensors)", parents=[folders],
@@ -229,7 +264,7 @@ def build_parser(with_evaluators: bool = True) -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(with_evaluators="eval" in argv[:1])
+    parser = build_parser(with_evaluators=argv[:1] in (["eval"], ["embed"]))
     args, rest = parser.parse_known_args(argv)
     if rest and isinstance(getattr(args, "overrides", None), list):  # overrides after --plugins DIR
         args.overrides += [r for r in rest if "=" in r or r.startswith("~")]

@@ -53,7 +53,8 @@ def check_method_backbone(sources: List[Tuple[str, DictConfig]], method: str,
         raise ConfigError(message)
     setters = [i for i, (_, c) in enumerate(sources)
                if OmegaConf.select(c, "backbone.name") is not None]
-    accepted = set(inspect.signature(builder).parameters) | {"name", "pretrained_path"}
+    accepted = set(inspect.signature(builder).parameters) | {"name", "pretrained_path",
+                                                                 "pretrained"}
     options = {f.name for f in dataclasses.fields(BackboneConfig)}
     for _, cfg in sources[:setters[-1]] if setters else []:
         section = cfg.get("backbone")

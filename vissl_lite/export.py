@@ -34,6 +34,7 @@ from typing import Any, Dict, Tuple
 import torch
 from torch import nn
 
+from vissl_lite.backbones.specs import parse_spec, resolve_encoder
 from vissl_lite.config import global_view_size
 from vissl_lite.engine.checkpoint import load_pretrained
 from vissl_lite.errors import CheckpointError
@@ -47,9 +48,14 @@ _TIMM_VIT = {192: "vit_tiny_patch16_224", 384: "vit_small_patch16_224",
              768: "vit_base_patch16_224"}
 
 
-def load_backbone(checkpoint: str | os.PathLike, map_location: Any = "cpu") -> nn.Module:
+def load_backbone(checkpoint: str | os.PathLike, map_location: Any = "cpu", **spec_options
+                  ) -> nn.Module:
     """The pretrained encoder of a vissl_lite checkpoint (a ``.pt`` file or a run folder), in eval
-    mode on ``map_location``: ``model(images) -> (B, num_features)`` pooled features."""
+    mode on ``map_location``: ``model(images) -> (B, num_features)`` pooled features. Any other
+    encoder spec (``timm:``, ``torchvision:``, ``hub:``, ``random:``) gives its ``Encoder``
+    (``.card`` is its preprocessing; ``spec_options`` go to ``resolve_encoder``)."""
+    if parse_spec(str(checkpoint))[0] != "checkpoint":
+        return resolve_encoder(str(checkpoint), **spec_options).to(map_location).eval()
     method, _ = load_pretrained(checkpoint, map_location)
     return method.backbone_for_eval().eval()
 
@@ -113,6 +119,10 @@ def _save(state: Dict[str, torch.Tensor], out: Path, metadata: Dict[str, str]) -
 
 def export_backbone(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike) -> str:
     """Write the checkpoint's backbone to ``out`` in ``fmt``; returns how to load it (Python)."""
+    if parse_spec(str(checkpoint))[0] != "checkpoint":
+        raise CheckpointError(f"export writes the encoder of a vissl_lite run; {checkpoint} is "
+                              f"already a model of its library (load it with "
+                              f"vissl_lite.load_backbone({str(checkpoint)!r}))")
     if fmt not in FORMATS:
         raise CheckpointError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
     out = Path(out).expanduser()

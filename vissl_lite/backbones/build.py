@@ -39,6 +39,8 @@ def build_backbone_from_config(backbone_cfg, image_size: Optional[int] = None) -
         values = {str(k): backbone_cfg[k] for k in backbone_cfg}
     name = values.pop("name", None) or BackboneConfig.name
     pretrained_path = values.pop("pretrained_path", None)
+    if values.pop("pretrained", None):
+        pretrained_path = None  # specs.build_backbone_for_run loads an encoder spec's weights
     builder = get_builder(name, "backbone.name: ")
     if "img_size" in inspect.signature(builder).parameters and values.get("img_size") is None:
         values["img_size"] = image_size

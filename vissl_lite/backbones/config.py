@@ -18,4 +18,5 @@ class BackboneConfig:
     class_token: bool = True          # ViTs: prepend a CLS token (needed by global_pool=token)
     dynamic_img_size: bool = False    # ViTs: accept other input sizes (DINO local crops)
     reg_tokens: int = 0               # ViTs: register tokens (Darcet et al. 2024; DINOv2 uses 4)
-    pretrained_path: Optional[str] = None  # a local weights file; nothing is ever downloaded
+    pretrained_path: Optional[str] = None  # a local weights file (with `pretrained`: its weights)
+    pretrained: Optional[str] = None  # an encoder spec to start from (timm:, torchvision:, hub:, a run)

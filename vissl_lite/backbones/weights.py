@@ -21,14 +21,18 @@ from torch import nn
 from vissl_lite.errors import BackboneError
 
 CONTAINER_KEYS = ("state_dict", "model", "teacher", "target_encoder", "encoder")
-CLASSIFIER_PREFIXES = ("fc.", "head.", "fc_norm.")
+CLASSIFIER_PREFIXES = ("fc.", "head.", "fc_norm.", "heads.", "classifier.")
 
 
 def load_pretrained_weights(model: nn.Module, path: str | Path) -> None:
     """Load the weights in ``path`` into ``model`` (strictly, after the adaptations above)."""
     path = Path(path).expanduser()
+    load_state(model, _unwrap(_read(path), path), path)
+
+
+def load_state(model: nn.Module, state: Dict[str, torch.Tensor], path) -> None:
+    """Load ``state`` (tensors from ``path``: a file or an encoder spec) into ``model``."""
     name = getattr(model, "arch_name", type(model).__name__)
-    state = _unwrap(_read(path), path)
     state = _strip_prefix(state, set(model.state_dict()), path)
     state = {k: v for k, v in state.items()
              if not (k.startswith(CLASSIFIER_PREFIXES) and k not in model.state_dict())}
@@ -89,7 +93,7 @@ def _prefixes(key: str) -> Iterable[str]:
 
 
 def _strip_prefix(state: Dict[str, torch.Tensor], model_keys: set,
-                  path: Path) -> Dict[str, torch.Tensor]:
+                  path) -> Dict[str, torch.Tensor]:
     """Keep the tensors under the prefix that names the most model tensors, without the prefix."""
     votes: Counter = Counter()
     for key in state:
@@ -98,7 +102,7 @@ def _strip_prefix(state: Dict[str, torch.Tensor], model_keys: set,
                 votes[prefix] += 1
                 break
     if not votes:
-        raise BackboneError(f"backbone.pretrained_path: no tensor in {path} matches this backbone "
+        raise BackboneError(f"{_key(path)}: no tensor in {path} matches this backbone "
                             f"(file has e.g. {_few(state)}; the model expects e.g. "
                             f"{_few(model_keys)}); check backbone.name")
     best = max(votes, key=lambda p: (votes[p], -len(p)))
@@ -119,7 +123,7 @@ def _adapt_pos_embed(model: nn.Module, state: Dict[str, torch.Tensor]) -> Dict[s
     return state
 
 
-def _check_fit(model: nn.Module, state: Dict[str, torch.Tensor], path: Path, name: str) -> None:
+def _check_fit(model: nn.Module, state: Dict[str, torch.Tensor], path, name: str) -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -133,9 +137,14 @@ def _check_fit(model: nn.Module, state: Dict[str, torch.Tensor], path: Path, nam
     if mis_shaped:
         problems.append(f"{len(mis_shaped)} with another shape ({'; '.join(mis_shaped[:3])})")
     if problems:
-        raise BackboneError(f"backbone.pretrained_path: {path} does not fit {name}: "
+        raise BackboneError(f"{_key(path)}: {path} does not fit {name}: "
                             f"{', '.join(problems)}. Use the backbone.name, cifar_stem, "
                             f"class_token and img_size of the run that saved these weights")
+
+
+def _key(path) -> str:
+    """The config key that named the weights: a file path, or an encoder spec (a string)."""
+    return "backbone.pretrained_path" if isinstance(path, Path) else "backbone.pretrained"
 
 
 def _few(keys: Iterable[str], n: int = 3) -> str:

@@ -72,7 +72,8 @@ for _size, (_dim, _, _) in VIT_SIZES.items():
 
 def _schema_defaults() -> Dict[str, Any]:
     fields = dataclasses.fields(BackboneConfig)
-    return {f.name: f.default for f in fields if f.name not in ("name", "pretrained_path")}
+    return {f.name: f.default for f in fields
+            if f.name not in ("name", "pretrained_path", "pretrained")}
 
 
 def options_for(name: str, builder: Callable, options: Mapping[str, Any], error: type,

@@ -198,8 +198,9 @@ def load_pretrained(path: str | os.PathLike, map_location: Any = "cpu") -> Tuple
     ckpt = load_checkpoint(path, map_location="cpu")
     cfg = OmegaConf.create(ckpt["config"])
     OmegaConf.set_readonly(cfg, False)
-    if "backbone" in cfg and "pretrained_path" in cfg.backbone:
-        cfg.backbone.pretrained_path = None  # the weights come from the checkpoint
+    for key in ("pretrained_path", "pretrained"):  # the weights come from the checkpoint
+        if "backbone" in cfg and key in cfg.backbone:
+            cfg.backbone[key] = None
     OmegaConf.set_readonly(cfg, True)
     method = build_method(cfg)
     missing, unexpected = method.load_state_dict(ckpt["model"], strict=False)

@@ -25,6 +25,8 @@ _EXPORTS = {
     # the `vissl-lite eval` command (vissl_lite.cli reaches it here, loading torch only for eval)
     **dict.fromkeys(["add_eval_arguments", "run_eval_cli"], "vissl_lite.eval.cli"),
     "run_compare": "vissl_lite.eval.compare",
+    **dict.fromkeys(["add_encoder_arguments", "load_encoder"], "vissl_lite.eval.cli"),
+    "embed_images": "vissl_lite.eval.embed",
     **dict.fromkeys(["OnlineLinearHead", "OnlineMonitor"], "vissl_lite.eval.monitor"),
     # "rankme" is the module vissl_lite.eval.rankme (a package attribute once imported), so the
     # function is only exported from there: from vissl_lite.eval.rankme import rankme

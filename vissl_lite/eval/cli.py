@@ -4,9 +4,11 @@ The evaluators, their help, options and what runs come from ``vissl_lite.registr
 (``eval/evaluator.py`` has the interface): this module only adds the options every evaluator
 shares, loads the encoder, and prints/writes what the evaluator returns.
 
-CHECKPOINT is a pretraining checkpoint or a run folder (its ``checkpoints/last.pt``); its method
-is rebuilt by ``engine.load_pretrained`` and ``backbone_for_eval()`` is frozen. ``random:<backbone>``
-is the randomly initialised baseline. Features of each split are extracted once and cached on
+ENCODER is any encoder spec (``backbones/specs.py``): a pretraining checkpoint or run folder (its
+method rebuilt, ``backbone_for_eval()`` frozen), ``timm:<model>``, ``torchvision:<model>[:<weights>]``,
+``hub:<repo dir>:<entry>`` (``--weights FILE`` for local weights), or ``random:<backbone>`` (the
+random-init baseline at the size of ``--like CKPT``). Its preprocessing card is printed and
+recorded, and the command line overrides any field of it. Features of each split are extracted once and cached on
 disk, keyed by what determines them: the checkpoint's SHA-256 (or the random backbone's name and
 seed), the data's files (names, sizes, mtimes), split, transform, image size and subset.
 """
@@ -23,19 +25,18 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
-import torch
 from torch import nn
 
 from vissl_lite import distributed as dist
-from vissl_lite.config import global_view_size
 from vissl_lite.numbers import tidy
-from vissl_lite.errors import EvalError, VisslLiteError
+from vissl_lite.errors import BackboneError, EvalError, VisslLiteError
 from vissl_lite.eval.evaluator import EvalContext, EvalResult
-from vissl_lite.eval.features import EvalWarning, file_digest
+from vissl_lite.eval.features import EvalWarning
 from vissl_lite.registry import EVALUATORS
-from vissl_lite.backbones import build_backbone_from_config
-from vissl_lite.backbones.config import BackboneConfig
-from vissl_lite.engine import load_pretrained
+from vissl_lite.backbones.card import INTERPOLATIONS
+from vissl_lite.backbones.encoder import FEATURES
+from vissl_lite.backbones.specs import (checkpoint_encoder, find_checkpoint, parse_spec,
+                                        resolve_encoder)
 
 NATIVE_SIZE = {"cifar10": 32, "cifar100": 32, "stl10": 96}
 DEFAULT_CACHE = os.environ.get("VISSL_LITE_CACHE", str(Path.home() / ".cache" / "vissl_lite" / "features"))
@@ -71,8 +72,6 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                                                  "test/, or the root of a --dataset")
     g.add_argument("--dataset", default="imagefolder",
                    help="imagefolder | cifar10 | cifar100 | stl10 (default: imagefolder)")
-    g.add_argument("--image-size", type=int, default=None,
-                   help="evaluation size (default: the checkpoint's training size, else native)")
     g.add_argument("--subset-train", type=int, default=None, metavar="N",
                    help="a fixed random N images of train (quick runs)")
     g.add_argument("--subset-test", type=int, default=None, metavar="N")
@@ -80,7 +79,6 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="DataLoader workers (default: min(4, CPU cores))")
     g = parser.add_argument_group("model and runtime")
-    g.add_argument("--cifar-stem", action="store_true", help="random:<resnet>: 3x3 stem, no max-pool")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
@@ -88,6 +86,28 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-cache", action="store_true", help="do not read or write cached features")
     g.add_argument("--out", default=None,
                    help="write the configuration and results as JSON here (figures beside it)")
+    add_encoder_arguments(parser)
+
+
+def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the encoder spec is resolved and its preprocessing card overridden (eval and embed)."""
+    g = parser.add_argument_group("encoder")
+    g.add_argument("--weights", default=None, metavar="FILE",
+                   help="timm:/torchvision:/hub: specs: local weights (.pth or .safetensors)")
+    g.add_argument("--feature", default=None, choices=FEATURES,
+                   help="the global feature (default per family: pool; DINOv2 hub: cls+mean)")
+    g.add_argument("--like", default=None, metavar="CKPT",
+                   help="random:<backbone>: take the image size, stem and normalisation of this run")
+    g.add_argument("--cifar-stem", action="store_true", help="random:<resnet>: 3x3 stem, no "
+                                                             "max-pool (32 px unless --image-size)")
+    g = parser.add_argument_group("preprocessing (default: the encoder's card)")
+    g.add_argument("--image-size", type=int, default=None,
+                   help="center-crop size (default: the encoder's card: a checkpoint's training "
+                        "size, timm's pretrained_cfg, ...)")
+    g.add_argument("--resize", type=int, default=None, help="short side before the center crop")
+    g.add_argument("--interpolation", default=None, choices=INTERPOLATIONS)
+    g.add_argument("--mean", type=float, nargs=3, default=None)
+    g.add_argument("--std", type=float, nargs=3, default=None)
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -109,40 +129,59 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 
 def resolve_checkpoint(spec: str) -> Path:
     """A checkpoint file, or a run folder's ``checkpoints/last.pt`` (as ``resume=`` accepts)."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        for candidate in (path / "checkpoints" / LAST, path / LAST):
-            if candidate.is_file():
-                return candidate
-        raise EvalError(f"{spec} is a folder without checkpoints/{LAST}; give a checkpoint file or "
-                        f"a run folder written by vissl-lite pretrain")
-    if not path.is_file():
-        raise EvalError(f"checkpoint not found: {spec} (give a checkpoint file, e.g. "
-                        f"runs/<run>/checkpoints/last.pt, a run folder, or random:<backbone> for a "
-                        f"baseline)")
-    return path
+    try:
+        return find_checkpoint(spec)
+    except BackboneError as e:
+        raise EvalError(str(e)) from None
 
 
 def load_encoder(spec: str, args: argparse.Namespace) -> Tuple[nn.Module, Dict[str, Any]]:
-    """(encoder, info) with info: model_id, image_size (or None), mean, std, augment config."""
-    if spec.startswith("random:"):
-        name = spec.split(":", 1)[1]
-        size = args.image_size or NATIVE_SIZE.get(args.dataset) or (32 if args.cifar_stem else 224)
-        torch.manual_seed(args.seed)
-        encoder = build_backbone_from_config(BackboneConfig(name=name, cifar_stem=args.cifar_stem),
-                                             image_size=size)
-        model_id = f"random:{name}+seed{args.seed}+cifar_stem={args.cifar_stem}"
-        return encoder, {"model_id": model_id, "image_size": size, "mean": None, "std": None,
-                         "augment": None}
-    path = resolve_checkpoint(spec)
+    """(encoder, info) of any encoder spec (``backbones/specs.py``), with the preprocessing card
+    overridden by the command line; info: model_id, image_size, mean, std, augment, card, encoder.
+    The card is printed (rank 0) as the evaluation's header."""
+    native = NATIVE_SIZE.get(getattr(args, "dataset", None))
+    random_size = args.image_size or (None if args.like else native) or (
+        32 if args.cifar_stem and spec.startswith("random:") else None)
+    try:
+        path = None
+        if parse_spec(spec)[0] == "checkpoint":
+            path = str(find_checkpoint(spec))
+            encoder, cfg = checkpoint_encoder(spec, args.feature)
+            augment = cfg.get("augment") if hasattr(cfg, "get") else None
+            if hasattr(args, "evaluator"):
+                _monitor_note(cfg, args)
+        else:
+            encoder = resolve_encoder(spec, weights=args.weights, feature=args.feature,
+                                      like=args.like, image_size=random_size,
+                                      cifar_stem=args.cifar_stem, seed=getattr(args, "seed", 0))
+            augment = None
+        card = encoder.card.replace(image_size=args.image_size, resize=args.resize,
+                                    interpolation=args.interpolation, mean=args.mean, std=args.std)
+    except BackboneError as e:
+        raise EvalError(str(e)) from None
+    described = {"spec": spec, "feature": encoder.feature, "num_features": encoder.num_features,
+                 "family": encoder.family, "preprocessing": card.as_dict()}
+    if dist.is_main():
+        print(f"encoder {spec}: {encoder.family}, feature {encoder.feature} "
+              f"({encoder.num_features}-d); preprocessing: {card.describe()}")
+    return encoder, {"model_id": encoder.model_id, "image_size": card.image_size,
+                     "mean": card.mean, "std": card.std, "augment": augment, "card": card,
+                     "encoder": described, "path": path}
 
-    method, cfg = load_pretrained(str(path))
-    encoder = method.backbone_for_eval()
-    augment = cfg.get("augment") if hasattr(cfg, "get") else None
-    return encoder, {"model_id": f"sha256:{file_digest(path)}", "image_size": int(global_view_size(cfg)),
-                     "mean": augment.mean if augment else None,
-                     "std": augment.std if augment else None, "augment": augment,
-                     "path": str(path)}
+
+def _monitor_note(cfg: Any, args: argparse.Namespace) -> None:
+    """Say whether this run's subsets are the online monitor's (same rule: seed, seed + 1)."""
+    monitor = cfg.get("monitor") if hasattr(cfg, "get") else None
+    if monitor is None or not dist.is_main():
+        return
+    seed = int(cfg.get("seed", 0))
+    mine = (args.subset_train, args.subset_test, args.seed)
+    theirs = (monitor.get("train_subset"), monitor.get("test_subset"), seed)
+    if mine != theirs:
+        print(f"note: the online monitor's kNN used train/test subsets {theirs[0]}/{theirs[1]} "
+              f"with seed {seed}; this evaluation uses {mine[0] or 'all'}/{mine[1] or 'all'} with "
+              f"seed {args.seed} (the same images: --subset-train {theirs[0]} --subset-test "
+              f"{theirs[1]} --seed {seed})")
 
 
 def _show(value: Any) -> str:
@@ -178,8 +217,9 @@ def result_record(args: argparse.Namespace, ctx: EvalContext, result: EvalResult
                   seconds: float) -> Dict[str, Any]:
     """The JSON written by ``--out``: configuration, data, model and results."""
     config = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
+    info = ctx.info if ctx.checkpoint and ctx.encoder_loaded else {}
     return {"evaluator": args.evaluator, "checkpoint": ctx.checkpoint,
-            "model_id": ctx.info.get("model_id") if ctx.checkpoint else None, "config": config,
+            "model_id": info.get("model_id"), "encoder": info.get("encoder"), "config": config,
             "data": ctx.describe_data(), "device": str(ctx.device), "seconds": round(seconds, 2),
             **result.extra, "results": result.metrics, "tables": result.tables,
             "figures": result.figures, "notes": result.notes}

@@ -34,7 +34,8 @@ from vissl_lite import distributed as dist
 from vissl_lite.errors import DataError, EvalError
 from vissl_lite.eval.features import (EvalWarning, cache_key, cached_features, data_fingerprint,
                                       extract_features, random_subset, resolve_device)
-from vissl_lite.eval.transforms import eval_transform, resolve_mean_std
+from vissl_lite.eval.transforms import card_transform, eval_transform, resolve_mean_std
+from vissl_lite.backbones.specs import GRAMMAR
 from vissl_lite.data.config import DataConfig
 from vissl_lite.data import build_dataset
 
@@ -61,7 +62,7 @@ class Evaluator:
     needs_test: ClassVar[bool] = False      # a test split besides train
     #: the positional arguments of `vissl-lite eval <name>`: (dest, help)
     positionals: ClassVar[Tuple[Tuple[str, str], ...]] = (
-        ("checkpoint", "checkpoint file, run folder (its checkpoints/last.pt) or random:<backbone>"),)
+        ("checkpoint", f"the encoder: {GRAMMAR}"),)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -144,12 +145,22 @@ class EvalContext:
         return self._info
 
     @property
+    def encoder_loaded(self) -> bool:
+        return self._encoder is not None
+
+    @property
     def image_size(self) -> int:
         return int(self.args.image_size or self.info["image_size"])
 
     @property
     def mean_std(self) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
         return resolve_mean_std(self.image_size, self.info["mean"], self.info["std"])
+
+    def eval_transform(self):
+        """The deterministic transform of the encoder's card (resize, crop, interpolation, norm)."""
+        card = self.info.get("card")
+        return card_transform(card) if card is not None else eval_transform(self.image_size,
+                                                                             *self.mean_std)
 
     # -- data -----------------------------------------------------------------------------------
     def data_cfg(self):
@@ -177,7 +188,7 @@ class EvalContext:
                 raise EvalError(self._missing[split])
             return None
         if transform is None:
-            transform = eval_transform(self.image_size, *self.mean_std)
+            transform = self.eval_transform()
         if split not in self._base:
             try:
                 self._base[split] = build_dataset(self.data_cfg(), split)
@@ -230,7 +241,7 @@ class EvalContext:
         if split not in self._features:
             dataset = self.dataset(split)
             mean, std = self.mean_std
-            transform = repr(eval_transform(self.image_size, mean, std))
+            transform = repr(self.eval_transform())
             extra = f"{self.args.dataset}|seed{self.subset_seed(split)}|{mean}|{std}|{transform}"
             key = cache_key(self.info["model_id"], self._data_ids[split], split, self.image_size,
                             self.subset_size(split), extra=extra)
@@ -261,9 +272,12 @@ class EvalContext:
         warnings.warn(message, EvalWarning, stacklevel=2)
 
     def describe_data(self) -> Dict[str, Any]:
-        mean, std = self.mean_std
-        out: Dict[str, Any] = {"path": str(self.args.data), "dataset": self.args.dataset,
-                               "image_size": self.image_size, "mean": list(mean), "std": list(std)}
+        out: Dict[str, Any] = {"path": str(self.args.data), "dataset": self.args.dataset}
+        try:
+            mean, std = self.mean_std   # loads the encoder if no evaluator has
+            out.update(image_size=self.image_size, mean=list(mean), std=list(std))
+        except EvalError:               # none given, or a spec that cannot load (said elsewhere)
+            pass
         for split, (x, _) in self._features.items():
             out[f"num_{split}"] = len(x)
             out["feature_dim"] = int(x.shape[1])

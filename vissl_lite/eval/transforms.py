@@ -14,6 +14,10 @@ import torch
 from torchvision.transforms import v2
 
 from vissl_lite.augment import default_mean_std as augment_default
+from vissl_lite.backbones.card import Card
+
+INTERPOLATION = {"nearest": v2.InterpolationMode.NEAREST, "bilinear": v2.InterpolationMode.BILINEAR,
+                 "bicubic": v2.InterpolationMode.BICUBIC}
 
 #: Above this side length, evaluation resizes to ``size / CROP_PCT`` before the center crop
 #: (the ImageNet protocol: 256 -> 224); small images are only resized to the size itself.
@@ -50,6 +54,13 @@ def eval_transform(image_size: int, mean=None, std=None) -> v2.Compose:
     mean, std = resolve_mean_std(image_size, mean, std)
     return v2.Compose([v2.ToImage(), *_resize_crop(image_size),
                        v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+
+
+def card_transform(card: Card) -> v2.Compose:
+    """PIL image -> normalised float tensor as an encoder's preprocessing card says."""
+    return v2.Compose([v2.ToImage(), v2.Resize(card.resize, interpolation=INTERPOLATION[
+        card.interpolation], antialias=True), v2.CenterCrop(card.image_size),
+        v2.ToDtype(torch.float32, scale=True), v2.Normalize(card.mean, card.std)])
 
 
 def uint8_transform(image_size: int) -> v2.Compose:

@@ -11,7 +11,8 @@ from typing import List
 
 from torch import nn
 
-from vissl_lite.backbones import build_backbone_from_config
+from vissl_lite.backbones.specs import build_backbone_for_run
+from vissl_lite.augment import default_mean_std
 from vissl_lite.config import global_view_size
 from vissl_lite.errors import ConfigError
 from vissl_lite.methods.base import Method, StepOutput, check_backbone_family
@@ -24,11 +25,22 @@ def build_method(cfg) -> Method:
     add_plugins(list(cfg.get("plugins") or []))
     cls = METHODS.get(cfg.method.name)
     image_size = global_view_size(cfg)
-    backbone = build_backbone_from_config(cfg.backbone, image_size=image_size)
+    backbone = build_backbone_for_run(cfg.backbone, image_size=image_size)
     check_backbone_family(cls, backbone, cfg.backbone.name)
     method = cls(backbone, cfg.method)
     _check_local_crops(method, backbone, cfg, image_size)
+    if hasattr(method, "input_mean_std"):  # a method that re-normalises the views (distill)
+        method.input_mean_std = view_mean_std(cfg, image_size)
     return method
+
+
+def view_mean_std(cfg, image_size: int):
+    """The normalisation of the views the loader gives a method: ``augment.mean/std``, else the
+    pipeline's defaults for the view size (the loader passes no data set name)."""
+    mean, std = default_mean_std(None, image_size)
+    augment = cfg.get("augment") or {}
+    return (tuple(float(v) for v in (augment.get("mean") or mean)),
+            tuple(float(v) for v in (augment.get("std") or std)))
 
 
 def _check_local_crops(method: Method, backbone: nn.Module, cfg, image_size: int) -> None:
