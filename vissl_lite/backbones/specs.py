@@ -30,7 +30,7 @@ from vissl_lite.backbones.config import BackboneConfig
 from vissl_lite.backbones.encoder import Encoder
 from vissl_lite.backbones.weights import load_state
 from vissl_lite.backbones.sources import Built, build_hub, build_timm, build_torchvision
-from vissl_lite.backbones.zoo import build_backbone_from_config
+from vissl_lite.backbones.build import build_backbone_from_config
 from vissl_lite.config import global_view_size
 from vissl_lite.errors import BackboneError
 
