@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _helpers import tiny_method, views_batch
-from _je import assert_one_graph, assert_ranks_match_full, lightly_module, loss_on_ranks
+from _je import (assert_one_graph, assert_ranks_match_full, head_layout, lightly_module,
+                 loss_on_ranks, one_training_step)
 from vissl_lite.config import load_config
 from vissl_lite.methods import build_method
 from vissl_lite.methods.dcl import dcl_loss
@@ -77,21 +77,13 @@ def test_dcl_gathered_over_two_ranks_equals_full_batch(sigma, tmp_path):
 def test_cifar_preset_projector_is_lightlys_simclr_head(name, tmp_path):
     heads = lightly_module("models.modules.heads")
     method = build_method(load_config(f"{name}/cifar10_resnet18", [f"data.root={tmp_path}"]))
-    ours = [(type(m).__name__, sum(p.numel() for p in m.parameters()))
-            for m in method.projector.modules() if not list(m.children())]
-    theirs = [(type(m).__name__, sum(p.numel() for p in m.parameters()))
-              for m in heads.SimCLRProjectionHead(512, 512, 128).modules() if not list(m.children())]
-    assert ours == theirs
+    assert head_layout(method.projector) == head_layout(heads.SimCLRProjectionHead(512, 512, 128))
     assert (method.cfg.temperature, getattr(method.cfg, "sigma", 0.5)) == (0.1, 0.5)
 
 
 @pytest.mark.parametrize("name", ["dcl", "dclw"])
 def test_step_is_the_loss_of_the_projections_and_one_graph(name):
-    torch.manual_seed(0)
-    method = tiny_method(name)
-    method.train()
-    batch = views_batch(method, batch=6)
-    out = method.training_step(batch)
+    method, batch, out = one_training_step(name)
     with torch.no_grad():
         z_a, z_b = method.projector(method.backbone(torch.cat(batch["views"]))).chunk(2)
     sigma = 0.5 if name == "dclw" else None

@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _helpers import tiny_method, views_batch
-from _je import assert_one_graph, lightly_module
+from _je import assert_one_graph, head_layout, lightly_module, one_training_step
 from vissl_lite.config import load_config
 from vissl_lite.methods import build_method
 from vissl_lite.methods.fastsiam import fastsiam_loss
@@ -82,20 +81,14 @@ def test_fastsiam_with_two_views_is_simsiam():
                                0.5 * (negative_cosine(p1, z2) + negative_cosine(p2, z1)))
 
 
-def _layout(module: nn.Module):
-    leaves = [m for m in module.modules() if not list(m.children())]
-    return [(type(m).__name__, sum(p.numel() for p in m.parameters()),
-             getattr(m, "bias", None) is not None) for m in leaves]
-
-
 @pytest.mark.parametrize("name", ["simsiam", "fastsiam"])
 def test_cifar_presets_build_lightlys_benchmark_heads(name, tmp_path):
     heads = lightly_module("models.modules.heads")
     method = build_method(load_config(f"{name}/cifar10_resnet18", [f"data.root={tmp_path}"]))
     theirs = heads.ProjectionHead([(512, 2048, nn.BatchNorm1d(2048), nn.ReLU(inplace=True)),
                                    (2048, 2048, nn.BatchNorm1d(2048), None)])
-    assert _layout(method.projector) == _layout(theirs)
-    assert _layout(method.predictor) == _layout(heads.SimSiamPredictionHead(2048, 512, 2048))
+    assert head_layout(method.projector) == head_layout(theirs)
+    assert head_layout(method.predictor) == head_layout(heads.SimSiamPredictionHead(2048, 512, 2048))
     assert method.views.num_global == (
         4 if name == "fastsiam" else 2)
 
@@ -105,16 +98,12 @@ def test_imagenet_projector_is_lightlys_simsiam_head(tmp_path):
     heads = lightly_module("models.modules.heads")
     cfg = load_config("simsiam/imagenet_resnet50", [f"data.root={tmp_path}"])
     method = build_method(cfg)
-    assert _layout(method.projector) == _layout(heads.SimSiamProjectionHead(2048, 2048, 2048))
+    assert head_layout(method.projector) == head_layout(heads.SimSiamProjectionHead(2048, 2048, 2048))
 
 
 @pytest.mark.parametrize("name", ["simsiam", "fastsiam"])
 def test_step_is_the_loss_of_separate_view_passes_and_one_graph(name):
-    torch.manual_seed(0)
-    method = tiny_method(name)
-    method.train()
-    batch = views_batch(method, batch=6)
-    out = method.training_step(batch)
+    method, batch, out = one_training_step(name)
     with torch.no_grad():
         z = [method.projector(method.backbone(v)) for v in batch["views"]]
         p = [method.predictor(x) for x in z]
