@@ -7,7 +7,7 @@ from typing import Callable, Dict, List, Sequence
 import pytest
 import torch
 
-from _helpers import loss_on_ranks  # noqa: F401  (the rank runner, shared)
+from _helpers import loss_on_ranks, tiny_method, views_batch  # noqa: F401  (loss_on_ranks: shared)
 
 
 def lightly_module(name: str):
@@ -42,3 +42,19 @@ def assert_ranks_match_full(parts: List[Dict], loss_fn: Callable, inputs: Sequen
             continue
         ddp_grad = torch.cat([p["grads"][i] for p in parts]) / world
         torch.testing.assert_close(ddp_grad, x.grad, rtol=1e-4, atol=1e-6)
+
+
+def head_layout(module: torch.nn.Module) -> List[tuple]:
+    """(type name, parameter count, bias?) of every leaf layer in order: two heads built alike."""
+    leaves = [m for m in module.modules() if not list(m.children())]
+    return [(type(m).__name__, sum(p.numel() for p in m.parameters()),
+             getattr(m, "bias", None) is not None) for m in leaves]
+
+
+def one_training_step(name: str, batch_size: int = 6):
+    """A tiny registered method in training mode, a random batch and the output of one step."""
+    torch.manual_seed(0)
+    method = tiny_method(name)
+    method.train()
+    batch = views_batch(method, batch=batch_size)
+    return method, batch, method.training_step(batch)

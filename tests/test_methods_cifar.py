@@ -141,6 +141,8 @@ class Signal(NamedTuple):
     metric: str = ""
     direction: int = 0
     spreads: bool = True               # RankMe must also rise above its value at initialisation
+    drop: float = 0.0                  # ... and below it by this much (losses that start near 0)
+    floor: float = 0.0                 # the last-5 mean of ``metric`` stays above this
 
 
 #: The joint-embedding family from its presets, warmup off (the presets warm up for 10 epochs,
@@ -160,6 +162,12 @@ JOINT_EMBEDDING = {
     "tregs": Signal(("optim.lars_denominator=norm_of_sum", "optim.lars_clip=false"), 0.5,
                     "invariance", -1, spreads=False),
     "essl": Signal((), 0.011, "rot_acc", +1),        # 5.325 -> 5.203; rot_acc 0.24 -> 0.29
+    # negative cosine from ~0, -0.0034 -> -0.0524 (heads 512 wide, not the preset's 2048, to stay
+    # cheap); z_std, SimSiam's collapse monitor (~1/sqrt(512) = 0.044 spread, 0 collapsed),
+    # 0.0443 -> 0.0440; RankMe 74.6 -> 174.5
+    "simsiam": Signal(("method.proj_hidden_dim=512", "method.proj_output_dim=512",
+                       "method.pred_hidden_dim=128"), 0.0, "z_std", drop=0.025,
+                      floor=0.5 / math.sqrt(512)),
 }
 
 
@@ -169,9 +177,12 @@ def test_joint_embedding_methods_learn_without_collapse(method, cifar_root, tmp_
     steps, rank = train(method, cifar_root, tmp_path, "optim.warmup_epochs=0", *signal.overrides)
     first, last = first_last([r["loss"] for r in steps])
     print(f"{method}: loss {first:.4f} -> {last:.4f}, RankMe {rank.initial:.1f} -> {rank.trained:.1f}")
-    assert last < (1 - signal.fall) * first, (first, last)
+    assert last < (1 - signal.fall) * first - signal.drop, (first, last)
     if signal.metric:
         start, end = first_last([r[signal.metric] for r in steps])
         print(f"{method}: {signal.metric} {start:.4f} -> {end:.4f}")
-        assert (end - start) * signal.direction > 0, (signal.metric, start, end)
+        if signal.direction:
+            assert (end - start) * signal.direction > 0, (signal.metric, start, end)
+        if signal.floor:
+            assert end > signal.floor, (signal.metric, end, signal.floor)
     assert_not_collapsed(rank, signal.spreads)

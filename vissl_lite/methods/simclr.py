@@ -38,6 +38,11 @@ class SimCLRConfig:
     proj_last_bn: bool = True         # BatchNorm after the output layer (paper, lightly's head)
 
 
+def local_rows(n: int, big_n: int, device: torch.device) -> torch.Tensor:
+    """Positions of this rank's ``n`` samples in a batch of ``big_n`` gathered from every rank."""
+    return torch.arange(n, device=device) + (rank() * n if big_n > n else 0)
+
+
 def nt_xent_loss(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> torch.Tensor:
     """NT-Xent over the global batch; ``z_a[i]`` and ``z_b[i]`` are the two views of sample i.
 
@@ -53,7 +58,7 @@ def nt_xent_loss(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> to
     candidates = torch.cat([all_a, all_b])                 # (2N, d): every view in the global batch
     logits = anchors @ candidates.T / temperature          # (2n, 2N)
 
-    own = torch.arange(n, device=z_a.device) + (rank() * n if big_n > n else 0)
+    own = local_rows(n, big_n, z_a.device)
     self_col = torch.cat([own, own + big_n])               # an anchor is not its own negative
     positive_col = torch.cat([own + big_n, own])           # view a of i <-> view b of i
     cols = torch.arange(2 * big_n, device=z_a.device)
@@ -77,11 +82,14 @@ class SimCLR(Method):
                                         self.cfg.proj_output_dim, self.cfg.proj_layers,
                                         last_bn=self.cfg.proj_last_bn)
 
+    def loss(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+        return nt_xent_loss(z_a, z_b, self.cfg.temperature)
+
     def training_step(self, batch: Dict[str, Any]) -> StepOutput:
         view_a, view_b = batch["views"][:2]
         h = self.backbone(torch.cat([view_a, view_b]))     # one pass: BN sees both views, as the paper
         z_a, z_b = self.projector(h).chunk(2)
-        loss = nt_xent_loss(z_a, z_b, self.cfg.temperature)
+        loss = self.loss(z_a, z_b)
         with torch.no_grad():
             pos_sim = F.cosine_similarity(z_a.float(), z_b.float(), dim=1).mean()
         return StepOutput(loss, {"pos_sim": pos_sim}, embedding=h[: view_a.shape[0]].detach())
