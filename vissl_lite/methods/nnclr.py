@@ -14,8 +14,8 @@ as lightly's NNCLR (``NNMemoryBankModule`` and ``NTXentLoss``, its CIFAR-10 benc
 NT-Xent over both directions of each pair, negatives gathered from every rank (``simclr.py``).
 
 The support set is per rank (lightly's NNMemoryBankModule does not gather): each rank pushes its
-own projections into its own queue, a buffer the engine must not broadcast from rank 0. The
-checkpoint holds every rank's queue and pointer (gathered when it is written) and each rank
+own projections into its own queue, declared in ``per_rank_buffers``: DDP never broadcasts it and
+every checkpoint holds each rank's queue and pointer (``engine/resume.py``); each rank
 restores its own. The lookup (a matrix product and an argmax) and the push (an ``index_copy_``
 at positions computed on the device) read nothing back to the host and compile as one graph.
 """
@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from vissl_lite.augment.spec import ViewSpec
-from vissl_lite.distributed import gather_no_grad, rank
 from vissl_lite.errors import ConfigError
 from vissl_lite.methods.base import Method, StepOutput
 from vissl_lite.methods.heads import projection_mlp
@@ -117,23 +116,3 @@ class NNCLR(Method):
         with torch.no_grad():
             nn_sim = F.cosine_similarity(z[0].float(), nn_1.float(), dim=1).mean()
         return StepOutput(loss, {"nn_sim": nn_sim}, embedding=h[0].detach())
-
-    def extra_state_for_checkpoint(self) -> Dict[str, Any]:
-        """Every rank's support set (a collective: the engine calls it on every rank)."""
-        banks = gather_no_grad(self.support.bank[None])
-        ptrs = gather_no_grad(self.support.ptr.reshape(1))
-        return {"support_bank": banks.cpu(), "support_ptr": ptrs.cpu()}
-
-    def load_extra_state(self, state: Dict[str, Any]) -> None:
-        banks, ptrs = state.get("support_bank"), state.get("support_ptr")
-        if banks is None:
-            return
-        if banks.shape[1:] != self.support.bank.shape:
-            raise ConfigError(f"the checkpoint's NNCLR support set is {tuple(banks.shape[1:])}, "
-                              f"this model's {tuple(self.support.bank.shape)}; keep "
-                              f"method.queue_size and method.proj_output_dim as in the run")
-        own = rank() % banks.shape[0]                      # fewer ranks saved: reuse theirs
-        self.support.bank.copy_(banks[own])
-        self.support.ptr.copy_(ptrs[own])
-
-
