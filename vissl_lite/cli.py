@@ -189,6 +189,7 @@ def build_parser(with_evaluators: bool = True) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("compare", help="runs side by side: curves, final numbers, config diffs",
+                       parents=[folders],
                        description="Compare runs: training curves overlaid, every evaluator's "
                                    "final numbers with the best marked, the config differences; "
                                    "Markdown, one-file HTML and PNG.")
@@ -199,6 +200,7 @@ def build_parser(with_evaluators: bool = True) -> argparse.ArgumentParser:
     p.set_defaults(func=lambda args: evaluation.run_compare(args))
 
     p = sub.add_parser("embed", help="embed every image of a folder or tar with any encoder",
+                       parents=[folders],
                        description="Write the embedding of every image of a folder or tar (sorted "
                                    "by path) with its path: FILE.npy + FILE.csv, .parquet or "
                                    ".safetensors. Resumable: a rerun skips the chunks written.",
