@@ -43,6 +43,9 @@ def test_progress_bar_counts_images_to_the_total(wrap, monkeypatch, capsys):
     closed = []
 
     class RecordingBar(features.tqdm):
+        def __init__(self, *args, disable=None, **kwargs):   # as on a terminal (capsys is not one)
+            super().__init__(*args, disable=False if disable is None else disable, **kwargs)
+
         def close(self):
             closed.append((self.n, self.total, getattr(self, "unit", None), self.disable))
             super().close()

@@ -199,7 +199,7 @@ def test_imagenet_preset_holds_the_official_numbers(tmp_path):
     cfg = load_config("selfpatch/imagenet_vit_small", [f"data.root={tmp_path}"])
     m = cfg.method
     assert (m.num_positives, m.patch_loss_weight, m.patch_out_dim, m.num_local_crops) == (4, 0.1, 4096, 8)
-    assert cfg.backbone.name == "vit_small_patch16" and cfg.train.epochs == 200
+    assert cfg.backbone.name == "vit_small_patch16" and cfg.train.epochs == 300   # main_selfpatch.py
 
 
 def test_cifar10_preset_runs_two_steps_from_the_cli(cifar_archive, tmp_path, one_thread):
