@@ -40,25 +40,16 @@ def leave_stop_signals_to_the_trainer(worker_id: int) -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
-def _ignores_sigterm(pid: int) -> bool:
-    """Whether process ``pid`` ignores SIGTERM (Linux: the SigIgn mask of /proc/<pid>/status)."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("SigIgn:"):
-                    return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
-    except (OSError, ValueError):
-        pass
-    return False
-
-
 def _kill_workers_left_at_exit() -> None:
     """At interpreter exit, multiprocessing stops daemonic children with SIGTERM and then joins
     them; DataLoader workers that ignore SIGTERM (above) and are still alive (an iterator kept
     until exit, persistent workers) would make that join wait forever, so they are killed first.
+    Every daemonic child is killed, not only those that ignore SIGTERM already: a worker that has
+    not yet run its ``worker_init_fn`` would start ignoring it between the terminate and the join
+    (a race seen in the tests); daemonic children are stopped at exit anyway.
     Registered after multiprocessing's own exit handler, so it runs before it."""
     stuck = [process for process in multiprocessing.active_children()
-             if process.daemon and process.pid and _ignores_sigterm(process.pid)]
+             if process.daemon and process.pid]
     for process in stuck:
         process.kill()
     for process in stuck:
