@@ -63,8 +63,8 @@ class NNMemoryBank(nn.Module):
 
     def __init__(self, size: int, dim: int):
         super().__init__()
-        self.register_buffer("bank", F.normalize(torch.randn(size, dim), dim=1), persistent=False)
-        self.register_buffer("ptr", torch.zeros((), dtype=torch.long), persistent=False)
+        self.register_buffer("bank", F.normalize(torch.randn(size, dim), dim=1))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
         """The bank row most cosine-similar to each row of ``z`` (no gradient)."""
