@@ -22,6 +22,7 @@ from vissl_lite.engine.console import (PlainProgress, TrainLog, log, setup_conso
                                        stderr_is_terminal)
 from vissl_lite.engine.curves import plot_curves
 from vissl_lite.engine.mirrors import TensorBoardMirror, wandb_environment
+from vissl_lite.jsonl import read_jsonl
 from vissl_lite.numbers import tidy
 
 __all__ = ["RunLogger", "read_jsonl", "step_record", "log", "setup_console_logging", "plot_curves"]
@@ -46,19 +47,6 @@ def step_record(window: List[Any], step: int, epoch: int, img_per_s: float) -> D
     record["lr"], record["wd"] = rows[-1]["lr"], rows[-1]["wd"]
     record["img_per_s"] = img_per_s
     return record
-
-
-def read_jsonl(path: str | os.PathLike) -> List[Dict[str, Any]]:
-    path = Path(path)
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a kill
-            continue
-    return records
 
 
 class RunLogger:

@@ -12,7 +12,6 @@ measured throughput of that window); the time spent in monitors and checkpoints 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -21,6 +20,7 @@ from omegaconf import OmegaConf
 
 from vissl_lite.config import global_view_size
 from vissl_lite.errors import EvalError
+from vissl_lite.jsonl import read_jsonl
 
 Series = Tuple[List[float], List[float]]
 NOT_CURVES = {"type", "step", "epoch", "lr", "wd", "img_per_s", "grad_norm"}
@@ -35,16 +35,7 @@ def run_folder_of(checkpoint: Path) -> Optional[Path]:
 
 
 def read_records(folder: Path) -> List[Dict[str, Any]]:
-    path = folder / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a crash: the rest is still good
-            continue
-    return records
+    return read_jsonl(folder / "metrics.jsonl")
 
 
 def read_config(folder: Path) -> Dict[str, Any]:
