@@ -22,6 +22,8 @@ _EXPORTS = {
     **dict.fromkeys(["knn_classify", "knn_predict", "nearest_neighbors"], "vissl_lite.eval.knn"),
     **dict.fromkeys(["linear_probe", "linear_probe_augmented"], "vissl_lite.eval.linear"),
     "topk_accuracy": "vissl_lite.eval.metrics",
+    **dict.fromkeys(["BENCHMARKS", "load_benchmark", "per_class_split"],
+                    "vissl_lite.eval.transfer_sets"),
     # the `vissl-lite eval` command (vissl_lite.cli reaches it here, loading torch only for eval)
     **dict.fromkeys(["add_eval_arguments", "run_eval_cli"], "vissl_lite.eval.cli"),
     "run_compare": "vissl_lite.eval.compare",

@@ -65,10 +65,10 @@ class DefaultsOnceFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+def add_common_arguments(parser: argparse.ArgumentParser, needs_data: bool = True) -> None:
     """The options every evaluator shares: data, model and runtime, outputs."""
     g = parser.add_argument_group("data")
-    g.add_argument("--data", required=True, help="ImageFolder dir or .tar/.tar.gz with train/ and "
+    g.add_argument("--data", required=needs_data, help="ImageFolder dir or .tar/.tar.gz with train/ and "
                                                  "test/, or the root of a --dataset")
     g.add_argument("--dataset", default="imagefolder",
                    help="imagefolder | cifar10 | cifar100 | stl10 (default: imagefolder)")
@@ -122,7 +122,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                            formatter_class=DefaultsOnceFormatter)
         for dest, text in cls.positionals:
             p.add_argument(dest, help=text)
-        add_common_arguments(p)
+        add_common_arguments(p, cls.needs_data)
         cls.add_arguments(p)
     return parser
 
@@ -261,7 +261,8 @@ def run_eval_cli(args: argparse.Namespace) -> int:
     if dist.is_main():
         data = ctx.describe_data()
         sizes = " / ".join(f"{data[k]} {k[4:]}" for k in ("num_train", "num_test") if k in data)
-        title = f"vissl-lite eval {args.evaluator}: {ctx.checkpoint} on {args.data} ({sizes})"
+        where = f" on {args.data} ({sizes})" if args.data is not None else ""
+        title = f"vissl-lite eval {args.evaluator}: {ctx.checkpoint}{where}"
         print_result(title, result)
         if out:
             out.parent.mkdir(parents=True, exist_ok=True)

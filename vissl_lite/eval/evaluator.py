@@ -60,6 +60,7 @@ class Evaluator:
 
     needs_labels: ClassVar[bool] = False    # labelled train (and test) split
     needs_test: ClassVar[bool] = False      # a test split besides train
+    needs_data: ClassVar[bool] = True       # --data is required (False: the evaluator finds its own)
     #: the positional arguments of `vissl-lite eval <name>`: (dest, help)
     positionals: ClassVar[Tuple[Tuple[str, str], ...]] = (
         ("checkpoint", f"the encoder: {GRAMMAR}"),)
@@ -124,6 +125,14 @@ class EvalContext:
         no figures."""
         other = EvalContext(self.args, load_encoder, checkpoint=checkpoint)
         other._base, other._missing, other._data_ids = self._base, self._missing, self._data_ids
+        return other
+
+    def on_data(self, args: argparse.Namespace, splits: Dict[str, Dataset],
+                data_ids: Dict[str, str]) -> "EvalContext":
+        """The same encoder on other data (``splits``: split -> Dataset of (image, label);
+        ``data_ids``: what identifies each split's images in the feature cache); no figures."""
+        other = EvalContext(args, lambda _spec: (self.encoder, self.info), checkpoint=self.checkpoint)
+        other._base, other._data_ids = dict(splits), dict(data_ids)
         return other
 
     # -- encoder --------------------------------------------------------------------------------

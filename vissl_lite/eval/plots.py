@@ -112,3 +112,21 @@ def panel_plot(path: Path, panels: dict, xlabel: str, title: str = "", columns: 
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+def bar_chart(path: Path, groups: Sequence[str], bars: dict, ylabel: str, title: str) -> str:
+    """Grouped bars: one group per entry of ``groups``, one bar per entry of ``bars`` (label ->
+    one value per group, None for none), each bar labelled with its value."""
+    fig, ax = _figure(max(5.0, 0.9 * len(groups) * max(len(bars), 1) ** 0.5 + 2), 3.8)
+    width = 0.8 / max(len(bars), 1)
+    for i, (label, values) in enumerate(bars.items()):
+        xs = [g + (i - (len(bars) - 1) / 2) * width for g in range(len(groups))]
+        heights = [float("nan") if v is None else float(v) for v in values]
+        drawn = ax.bar(xs, heights, width, label=label)
+        ax.bar_label(drawn, fmt="%.1f", fontsize=6, padding=1)
+    ax.set_xticks(range(len(groups)), list(groups), rotation=20, ha="right", fontsize=8)
+    ax.set(ylabel=ylabel, title=title)
+    ax.grid(axis="y", alpha=0.3)
+    if len(bars) > 1:
+        ax.legend(fontsize=7)
+    return _save(fig, path)
