@@ -75,6 +75,28 @@ class Encoder(nn.Module):
             raise BackboneError(f"{self.spec}: this {self.family} model has no tokens")
         return tokens[:, 0], tokens[:, self.model.num_prefix_tokens:]
 
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w), the dense features of a linear segmentation probe: a ViT's patch tokens
+        after the final norm on their grid, or a CNN's last feature map (before its pooling)."""
+        if self.interface is not None:
+            patches = self.tokens(images)[1]
+            n, (height, width) = patches.shape[1], images.shape[-2:]
+            h = round((n * height / width) ** 0.5)
+            if h == 0 or n % h:
+                raise BackboneError(f"{self.spec}: {n} patch tokens do not fill a grid of a "
+                                    f"{height}x{width} image")
+            return patches.transpose(1, 2).reshape(len(images), -1, h, n // h)
+        if all(hasattr(self.model, a) for a in ("conv1", "bn1", "maxpool", "layer4")):
+            m = self.model   # a torchvision-style ResNet (ours, torchvision's)
+            x = m.maxpool(m.relu(m.bn1(m.conv1(images))))
+            return m.layer4(m.layer3(m.layer2(m.layer1(x))))
+        out = self.model.forward_features(images) if hasattr(self.model, "forward_features") else None
+        if out is None or out.ndim != 4:
+            raise BackboneError(f"{self.spec}: this {self.family} model gives no feature map "
+                                f"(a ViT's tokens, a ResNet's layer4 or a (B, C, h, w) "
+                                f"forward_features)")
+        return out
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.feature == "pool":
             out = self.model(images)

@@ -1,4 +1,5 @@
-"""Evaluation of frozen encoders: features, kNN, linear probes, RankMe, clustering, online monitors.
+"""Evaluation of frozen encoders: features, kNN, linear probes, RankMe, clustering, transfer, dense
+linear segmentation, online monitors.
 
 Each evaluator is one module that registers an ``Evaluator`` class (``eval/evaluator.py``: its
 CLI options and ``run(context)``) in ``vissl_lite.registry.EVALUATORS``, found by the registry's
@@ -21,7 +22,9 @@ _EXPORTS = {
     **dict.fromkeys(["cache_key", "cached_features", "data_fingerprint", "extract_features"], "vissl_lite.eval.features"),
     **dict.fromkeys(["knn_classify", "knn_predict", "nearest_neighbors"], "vissl_lite.eval.knn"),
     **dict.fromkeys(["linear_probe", "linear_probe_augmented"], "vissl_lite.eval.linear"),
-    "topk_accuracy": "vissl_lite.eval.metrics",
+    **dict.fromkeys(["confusion_matrix", "iou_from_confusion", "topk_accuracy"],
+                    "vissl_lite.eval.metrics"),
+    **dict.fromkeys(["evaluate_seg_head", "train_seg_head"], "vissl_lite.eval.segment"),
     **dict.fromkeys(["BENCHMARKS", "load_benchmark", "per_class_split"],
                     "vissl_lite.eval.transfer_sets"),
     # the `vissl-lite eval` command (vissl_lite.cli reaches it here, loading torch only for eval)
