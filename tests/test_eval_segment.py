@@ -101,7 +101,7 @@ def test_patch_tokens_are_laid_out_on_their_grid():
 def test_a_colour_feature_segments_the_shapes(shapes, tmp_path, model, family):
     args = add_eval_arguments(argparse.ArgumentParser()).parse_args(
         ["segment", "toy", "--seg-data", f"folder:{shapes}", "--device", "cpu", "--num-workers",
-         "0", "--batch-size", "8", "--seg-epochs", "30", "--seg-lr", "0.05",
+         "0", "--seg-batch-size", "8", "--seg-epochs", "30", "--seg-lr", "0.05",
          "--cache-dir", str(tmp_path)])
     encoder = Encoder(model, feature="mean" if family == "vit" else "pool", width=3,
                       card=card_for_size(SIZE, source="test"), spec="toy",
@@ -131,7 +131,8 @@ def test_segment_command_on_zoo_encoders(shapes, tmp_path, capsys, spec):
     record = json.loads(out.read_text())
     grid = (512, 4, 4) if "resnet18" in spec[0] else (192, 4, 4)
     assert f"features {grid}, masks (32, 32)" in record["notes"][0]
-    assert record["notes"][0].startswith(f"folder:{shapes}: 80% of the pairs (seed 0) / the rest; 20 / 5")
+    protocol = "80% of the pairs (seed 0) / the rest; 20 / 5 images"
+    assert record["notes"][0].startswith(f"folder:{shapes}: {protocol}")
     assert 0 <= record["results"]["miou"] <= 100 and len(record["tables"]["IoU (%) per class"]) == 3
     assert "miou" in capsys.readouterr().out
 

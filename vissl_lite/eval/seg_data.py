@@ -96,8 +96,8 @@ def _pairs(folder: Path) -> List[Tuple[Path, Path]]:
     masks = {p.stem: p for p in (folder / "masks").iterdir() if p.suffix.lower() == ".png"}
     missing = [p.name for p in images if p.stem not in masks]
     if not images or missing:
-        raise DataError(f"{folder}: {'no images in images/' if not images else f'no mask in masks/ for {missing[0]}'}; "
-                        f"each images/<name>.<ext> needs masks/<name>.png")
+        what = f"no mask in masks/ for {missing[0]}" if images else "no images in images/"
+        raise DataError(f"{folder}: {what}; each images/<name>.<ext> needs masks/<name>.png")
     return [(p, masks[p.stem]) for p in images]
 
 
@@ -105,7 +105,8 @@ def _digest(*parts) -> str:
     return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()
 
 
-def folder_pairs(path: str, seed: int) -> Tuple[Dict[str, Dataset], Dict[str, str], str, Optional[List[str]]]:
+def folder_pairs(path: str, seed: int
+                 ) -> Tuple[Dict[str, Dataset], Dict[str, str], str, Optional[List[str]]]:
     """(splits, data ids, protocol, class names or None) of ``folder:PATH`` (module docstring)."""
     root = Path(path).expanduser()
     test = next((root / s for s in ("test", "val") if (root / s / "images").is_dir()), None)
@@ -125,13 +126,15 @@ def folder_pairs(path: str, seed: int) -> Tuple[Dict[str, Dataset], Dict[str, st
         raise DataError(f"{root}: no images/ and masks/ (nor train/ and test/ holding them); see "
                         f"`vissl-lite eval segment -h` for the layout")
     names = root / "classes.txt"
-    classes = [n.strip() for n in names.read_text().splitlines() if n.strip()] if names.is_file() else None
+    classes = ([n.strip() for n in names.read_text().splitlines() if n.strip()]
+               if names.is_file() else None)
     fingerprint = data_fingerprint(root)
     ids = {s: _digest(fingerprint, protocol, s) for s in parts}
     return {s: Pairs(p) for s, p in parts.items()}, ids, protocol, classes
 
 
-def voc_pairs(root: Path, download: bool) -> Tuple[Dict[str, Dataset], Dict[str, str], str, List[str]]:
+def voc_pairs(root: Path, download: bool
+              ) -> Tuple[Dict[str, Dataset], Dict[str, str], str, List[str]]:
     """(splits, data ids, protocol, classes) of Pascal VOC 2012 train / val."""
     folder = root / "VOCdevkit" / "VOC2012"
     if not download and not folder.is_dir():
@@ -143,8 +146,9 @@ def voc_pairs(root: Path, download: bool) -> Tuple[Dict[str, Dataset], Dict[str,
                   "test": torchvision.datasets.VOCSegmentation(str(root), "2012", "val")}
     except (RuntimeError, OSError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        hint = "" if download else " or pass --download"
         raise DataError(f"cannot read Pascal VOC 2012 in {folder}/ ({first}); put it there in "
-                        f"torchvision's layout{'' if download else ' or pass --download'}") from None
+                        f"torchvision's layout{hint}") from None
     fingerprint = data_fingerprint(folder / "SegmentationClass")
     ids = {s: _digest(fingerprint, "voc2012", s) for s in splits}
     return splits, ids, "train (1,464) / val (1,449)", list(VOC_CLASSES)

@@ -113,7 +113,8 @@ def dense_features(ctx: EvalContext, split: str, dataset, data_id: str
                    ) -> Tuple[torch.Tensor, torch.Tensor]:
     """(features (N, D, h, w) float16, masks (N, S, S) uint8) of ``split``, cached on disk."""
     size = ctx.image_size
-    shape = ctx.encoder.feature_map(torch.zeros(1, 3, size, size, device=ctx.device)).shape[1:]
+    with torch.no_grad():
+        shape = ctx.encoder.feature_map(torch.zeros(1, 3, size, size, device=ctx.device)).shape[1:]
     n = ctx.subset_size(split)
     if n:
         dataset = Subset(dataset, random_subset(len(dataset), n, ctx.subset_seed(split)))
@@ -153,6 +154,7 @@ class SegmentEvaluator(Evaluator):
                             "~/.cache/vissl_lite/datasets)")
         g.add_argument("--download", action="store_true", help="fetch VOC 2012 (2 GB)")
         g.add_argument("--seg-epochs", type=int, default=20)
+        g.add_argument("--seg-batch-size", type=int, default=16, help="images per step of the head")
         g.add_argument("--seg-lr", type=float, default=1e-3, help="AdamW learning rate")
         g.add_argument("--seg-weight-decay", type=float, default=1e-4)
         g.add_argument("--num-classes", type=int, default=None,
@@ -172,9 +174,9 @@ class SegmentEvaluator(Evaluator):
         if int(labelled.max()) >= num_classes:
             raise EvalError(f"mask label {int(labelled.max())} >= {num_classes} classes; fix "
                             f"--num-classes or classes.txt")
-        head = train_seg_head(xtr, mtr, num_classes, epochs=a.seg_epochs, batch_size=a.batch_size,
-                              lr=a.seg_lr, weight_decay=a.seg_weight_decay, seed=a.seed,
-                              device=ctx.device)
+        head = train_seg_head(xtr, mtr, num_classes, epochs=a.seg_epochs,
+                              batch_size=a.seg_batch_size, lr=a.seg_lr,
+                              weight_decay=a.seg_weight_decay, seed=a.seed, device=ctx.device)
         scores = evaluate_seg_head(head, xte, mte, num_classes, a.batch_size, ctx.device)
         names = classes or [str(c) for c in range(num_classes)]
         rows = [{"class": names[c], "iou": iou} for c, iou in enumerate(scores["iou"])]

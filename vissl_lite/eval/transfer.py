@@ -1,4 +1,4 @@
-"""``vissl-lite eval transfer ENCODER --datasets flowers102,dtd,folder:/data/x``: the transfer suite.
+"""``vissl-lite eval transfer ENCODER --datasets flowers102,dtd,folder:/data/x``: transfer suite.
 
 One command evaluates a frozen encoder on a list of data sets (``eval/transfer_sets.py``: each
 with its own train/test protocol, named in the table). On each, the features of train and test
@@ -110,7 +110,8 @@ class TransferEvaluator(Evaluator):
                 continue
             rows.append(evaluate_one(ctx, loaded))
         if not rows:
-            raise EvalError(f"transfer: none of the data sets could be read ({'; '.join(f'{n}: {w}' for n, w in missing.items())})")
+            why = "; ".join(f"{n}: {w}" for n, w in missing.items())
+            raise EvalError(f"transfer: none of the data sets could be read ({why})")
         metrics = {f"{r['dataset']}.{key}": r[key] for r in rows for key in r
                    if key.startswith(("knn_top1", "linear_top1"))}
         for key in [k for k in rows[0] if k.startswith(("knn_top1", "linear_top1"))]:
@@ -134,7 +135,8 @@ class TransferEvaluator(Evaluator):
         header = {"encoder": ctx.checkpoint, "model id": ctx.info["model_id"],
                   "preprocessing": ", ".join(f"{k} {v}" for k, v in card.items()),
                   "device": str(ctx.device), "seconds": round(seconds, 1),
-                  "command": shlex.join(["vissl-lite", *sys.argv[1:]]) if sys.argv[1:] else "(Python)"}
+                  "command": (shlex.join(["vissl-lite", *sys.argv[1:]]) if sys.argv[1:]
+                              else "(Python)")}
         cols = list(rows[0])
         blocks = [("h1", f"vissl-lite transfer: {ctx.checkpoint}"),
                   ("table", (["", ""], [[k, fmt(v)] for k, v in header.items()])),
@@ -150,4 +152,5 @@ class TransferEvaluator(Evaluator):
                   **result.extra, "results": result.metrics, "tables": result.tables,
                   "figures": result.figures, "notes": result.notes}
         (folder / "results.json").write_text(json.dumps(tidy(record), indent=2, default=str) + "\n")
-        result.notes.append(f"wrote {folder / 'transfer.md'}, transfer.html, transfer.png, results.json")
+        result.notes.append(f"wrote {folder / 'transfer.md'}, transfer.html, transfer.png, "
+                            f"results.json")

@@ -191,10 +191,11 @@ def _torchvision_benchmark(bench: Benchmark, root: Path, download: bool, seed: i
             idx_train, idx_test = per_class_split(labels_of(whole), bench.per_class, seed)
             train, test = Part([whole], idx_train), Part([whole], idx_test)
             protocol = f"{bench.protocol.replace('seeded', f'seed {seed}')}"
-    except (RuntimeError, OSError) as e:   # torchvision's "not found or corrupted"; a failed download
+    except (RuntimeError, OSError) as e:   # torchvision's "not found or corrupted"; no download
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        hint = "" if download else " or pass --download"
         raise DataError(f"cannot read {root / bench.folder}/ ({first}); put {bench.cls} there in "
-                        f"torchvision's layout{'' if download else ' or pass --download'}") from None
+                        f"torchvision's layout{hint}") from None
     fingerprint = data_fingerprint(root / bench.folder)
     ids = {s: _digest(fingerprint, bench.name, protocol, s) for s in ("train", "test")}
     return Loaded(bench.name, {"train": train, "test": test}, ids, protocol, bench.source)
