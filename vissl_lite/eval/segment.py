@@ -18,7 +18,6 @@ encoder's input size: numbers comparable between encoders, not with the paper's.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Dict, Tuple
 
 import torch
@@ -27,13 +26,14 @@ from torch import nn
 from torch.utils.data import Subset
 
 from vissl_lite import distributed as dist
-from vissl_lite.data import default_data_dir
 from vissl_lite.errors import EvalError
 from vissl_lite.eval.evaluator import EvalContext, EvalResult, Evaluator
-from vissl_lite.eval.features import cache_key, cached_features, extract_features, random_subset
+from vissl_lite.eval.features import (cache_key, cached_features, extract_features,
+                                      random_subset)
 from vissl_lite.eval.metrics import confusion_matrix, iou_from_confusion
 from vissl_lite.eval.plots import bar_chart
 from vissl_lite.eval.seg_data import IGNORE, PairTransform, TransformedPairs, load_pairs
+from vissl_lite.eval.transfer_sets import add_root_arguments, data_root
 from vissl_lite.registry import EVALUATORS
 
 TABLE = "IoU (%) per class"
@@ -149,10 +149,7 @@ class SegmentEvaluator(Evaluator):
                        help="voc2012 (torchvision's VOCSegmentation under --data-root), or "
                             "folder:PATH with images/<name>.<ext> and masks/<name>.png (class "
                             "index per pixel, 255 ignored), split in train/ and test/ or 80/20")
-        g.add_argument("--data-root", default=None,
-                       help="where VOCdevkit/VOC2012 is (default: $VISSL_LITE_DATA or "
-                            "~/.cache/vissl_lite/datasets)")
-        g.add_argument("--download", action="store_true", help="fetch VOC 2012 (2 GB)")
+        add_root_arguments(g, "Pascal VOC 2012 (VOCdevkit/VOC2012, 2 GB)")
         g.add_argument("--seg-epochs", type=int, default=20)
         g.add_argument("--seg-batch-size", type=int, default=16, help="images per step of the head")
         g.add_argument("--seg-lr", type=float, default=1e-3, help="AdamW learning rate")
@@ -162,8 +159,7 @@ class SegmentEvaluator(Evaluator):
 
     def run(self, ctx: EvalContext) -> EvalResult:
         a = ctx.args
-        root = Path(a.data_root).expanduser() if a.data_root else default_data_dir()
-        splits, ids, protocol, classes = load_pairs(a.seg_data, root, a.download, a.seed)
+        splits, ids, protocol, classes = load_pairs(a.seg_data, data_root(a), a.download, a.seed)
         transform = PairTransform(ctx.info["card"])
         (xtr, mtr), (xte, mte) = (dense_features(ctx, s, TransformedPairs(splits[s], transform),
                                                  ids[s]) for s in ("train", "test"))

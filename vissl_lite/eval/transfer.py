@@ -26,12 +26,12 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-from vissl_lite.data import default_data_dir
 from vissl_lite.errors import DataError, EvalError
 from vissl_lite.eval.evaluator import EvalContext, EvalResult, Evaluator
 from vissl_lite.eval.plots import bar_chart
 from vissl_lite.eval.render import fmt, write_documents
-from vissl_lite.eval.transfer_sets import BENCHMARKS, Loaded, load_benchmark
+from vissl_lite.eval.transfer_sets import (BENCHMARKS, Loaded, add_root_arguments, data_root,
+                                           load_benchmark)
 from vissl_lite.numbers import tidy
 from vissl_lite.registry import EVALUATORS
 
@@ -84,11 +84,7 @@ class TransferEvaluator(Evaluator):
         g.add_argument("--datasets", required=True,
                        help=f"comma-separated: {', '.join(BENCHMARKS)}, folder:PATH (an "
                             f"ImageFolder with train/ and test/, its .tar, or <class>/<image>)")
-        g.add_argument("--data-root", default=None,
-                       help="where the named data sets are (torchvision's folders under it; "
-                            "default: $VISSL_LITE_DATA or ~/.cache/vissl_lite/datasets)")
-        g.add_argument("--download", action="store_true",
-                       help="fetch missing named data sets into --data-root (needs internet)")
+        add_root_arguments(g, "each named data set")
         g.add_argument("--transfer-dir", default="eval_transfer",
                        help="folder for transfer.md, transfer.html, transfer.png, results.json")
         for name in PROBES:
@@ -98,7 +94,7 @@ class TransferEvaluator(Evaluator):
         start = time.time()
         a = ctx.args
         names = parse_datasets(a.datasets)
-        root = Path(a.data_root).expanduser() if a.data_root else default_data_dir()
+        root = data_root(a)
         rows: List[Dict[str, Any]] = []
         missing: Dict[str, str] = {}
         for name in names:

@@ -35,7 +35,7 @@ import numpy as np
 import torchvision
 from torch.utils.data import Dataset
 
-from vissl_lite.data import build_dataset
+from vissl_lite.data import build_dataset, default_data_dir
 from vissl_lite.data.config import DataConfig
 from vissl_lite.errors import DataError, EvalError
 from vissl_lite.eval.features import data_fingerprint
@@ -199,6 +199,20 @@ def _torchvision_benchmark(bench: Benchmark, root: Path, download: bool, seed: i
     fingerprint = data_fingerprint(root / bench.folder)
     ids = {s: _digest(fingerprint, bench.name, protocol, s) for s in ("train", "test")}
     return Loaded(bench.name, {"train": train, "test": test}, ids, protocol, bench.source)
+
+
+def add_root_arguments(group, what: str) -> None:
+    """``--data-root`` and ``--download`` of the evaluators that read torchvision's data sets."""
+    group.add_argument("--data-root", default=None,
+                       help=f"where {what} is, in torchvision's folders (default: "
+                            f"$VISSL_LITE_DATA or ~/.cache/vissl_lite/datasets)")
+    group.add_argument("--download", action="store_true",
+                       help=f"fetch {what} into --data-root when missing (needs internet)")
+
+
+def data_root(args) -> Path:
+    """``--data-root``, else where downloadable data sets live (``data.default_data_dir``)."""
+    return Path(args.data_root).expanduser() if args.data_root else default_data_dir()
 
 
 def load_benchmark(name: str, root: Path, download: bool, seed: int) -> Loaded:
