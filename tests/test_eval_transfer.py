@@ -37,6 +37,12 @@ def folders(tmp_path_factory):
     colour_images(root / "split" / "test", 4, seed=1)
     colour_images(root / "flat", 10, seed=2)                  # <class>/<image> only
     colour_images(root / "data" / "eurosat" / "2750", 10, seed=3)   # torchvision's EuroSAT layout
+    dtd = root / "data" / "dtd" / "dtd"                                   # and DTD's: split files
+    colour_images(dtd / "images", 6, seed=4)
+    (dtd / "labels").mkdir()
+    for split, ids in (("train", (0, 1)), ("val", (2, 3)), ("test", (4, 5))):
+        lines = [f"{c}/{i}.png" for c in COLOURS for i in ids]
+        (dtd / "labels" / f"{split}1.txt").write_text("\n".join(lines) + "\n")
     return root
 
 
@@ -66,6 +72,19 @@ def test_named_benchmark_from_its_torchvision_folder(folders):
     assert again.data_ids == loaded.data_ids and train.targets == again.splits["train"].targets
     other = load_benchmark("eurosat", folders / "data", download=False, seed=1)
     assert other.data_ids["train"] != loaded.data_ids["train"]
+
+
+def test_train_and_val_parts_are_concatenated(folders):
+    loaded = load_benchmark("dtd", folders / "data", download=False, seed=0)
+    train, test = loaded.splits["train"], loaded.splits["test"]
+    assert (len(train), len(test)) == (12, 6) and loaded.protocol == "train+val / test of split 1"
+    assert train.targets == [0, 0, 1, 1, 2, 2] * 2                # the train part, then val
+    palette = np.array([COLOURS[c] for c in sorted(COLOURS)])
+    for part in (train, test):
+        for i in range(len(part)):
+            image, label = part[i]
+            mean = np.asarray(image, dtype=float).reshape(-1, 3).mean(0)
+            assert np.abs(palette - mean).sum(1).argmin() == label    # each image has its label
 
 
 def test_suite_goes_on_past_a_missing_data_set(folders, tmp_path, capsys):
