@@ -97,6 +97,17 @@ def test_patch_tokens_are_laid_out_on_their_grid():
     assert torch.allclose(vit.feature_map(images), cnn.feature_map(images))
 
 
+@pytest.mark.parametrize("name,shape", [("resnet18", (512, 2, 2)),
+                                        ("vit_tiny_patch16_224", (192, 4, 4))])
+def test_feature_maps_of_timm_models(name, shape):
+    timm = pytest.importorskip("timm")
+    model = timm.create_model(name, pretrained=False, num_classes=0,
+                              **({"img_size": 64} if "vit" in name else {}))
+    encoder = Encoder(model, feature="pool", width=shape[0], card=card_for_size(64), spec=name,
+                      model_id=name, family="cnn")
+    assert encoder.feature_map(torch.zeros(1, 3, 64, 64)).shape == (1, *shape)
+
+
 @pytest.mark.parametrize("model,family", [(ColourViT(), "vit"), (ColourCNN(), "cnn")])
 def test_a_colour_feature_segments_the_shapes(shapes, tmp_path, model, family):
     args = add_eval_arguments(argparse.ArgumentParser()).parse_args(

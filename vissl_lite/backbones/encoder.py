@@ -86,7 +86,7 @@ class Encoder(nn.Module):
                 raise BackboneError(f"{self.spec}: {n} patch tokens do not fill a grid of a "
                                     f"{height}x{width} image")
             return patches.transpose(1, 2).reshape(len(images), -1, h, n // h)
-        if all(hasattr(self.model, a) for a in ("conv1", "bn1", "maxpool", "layer4")):
+        if all(hasattr(self.model, a) for a in ("conv1", "bn1", "relu", "maxpool", "layer4")):
             m = self.model   # a torchvision-style ResNet (ours, torchvision's)
             x = m.maxpool(m.relu(m.bn1(m.conv1(images))))
             return m.layer4(m.layer3(m.layer2(m.layer1(x))))
