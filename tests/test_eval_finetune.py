@@ -217,3 +217,29 @@ def test_missing_or_offline_data_is_one_clear_line(verb, dataset, says, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and says in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("mix", [False, True])
+def test_a_finetune_step_never_waits_for_the_device(mix):
+    from test_step_hygiene import ReadBackRecorder, SyncRecorder
+    from vissl_lite.eval.finetune_model import FinetuneModel
+    from vissl_lite.eval.finetune_recipe import load_recipe
+
+    recipe = load_recipe("cifar_tiny", ["ema_decay=0.99", "smoothing=0.1",
+                                        *(["mixup=0.8", "cutmix=1.0"] if mix else [])])
+    model = FinetuneModel(Projection(), 4, recipe).train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    batch = {"views": [torch.randn(8, 3, 8, 8)], "labels": torch.arange(8) % 4,
+             "index": torch.arange(8)}
+
+    def step(i):
+        out = model.training_step({**batch, "views": [batch["views"][0].clone()]})
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        model.on_step_end(i, 10)
+
+    step(0)
+    with ReadBackRecorder() as calls, SyncRecorder() as ops:
+        step(1)
+    assert not ops.found and not calls.found, (ops.found, calls.found)
