@@ -55,11 +55,13 @@ def add_finetune_arguments(parser: argparse.ArgumentParser, default_recipe: str)
     g.add_argument("--run-dir", default=None,
                    help="the training run's folder (checkpoints, metrics.jsonl, train.log; "
                         "default: beside --out, else runs/<evaluator>_<recipe>)")
-    g.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --run-dir (semisup: a finished subset is only evaluated)")
     g.add_argument("--overwrite", action="store_true",
                    help="delete the run files already in --run-dir first")
     g.add_argument("--train-eval-size", type=int, default=10000, metavar="N",
-                   help="training images (fixed, random) the final train top-1 is measured on")
+                   help="training images (fixed, random) the final train top-1 is measured on "
+                        "(semisup: the whole labelled subset)")
 
 
 def recipe_name(ctx: EvalContext) -> str:
