@@ -53,7 +53,7 @@ def band_images(root: Path, per_class: dict, seed: int = 0) -> Path:
     return root
 
 
-QUICK = ["epochs=40", "batch_size=16", "lr=0.02", "warmup_epochs=1", "auto_augment=null",
+QUICK = ["epochs=20", "batch_size=16", "lr=0.02", "warmup_epochs=1", "auto_augment=null",
          "crop_scale=[1.0,1.0]", "smoothing=0.0", "weight_decay=0.0"]
 INFO = {"model_id": "sha256:toy", "image_size": 8, "mean": [0.5] * 3, "std": [0.25] * 3,
         "augment": None}
@@ -92,7 +92,7 @@ def test_finetuning_fits_the_training_set_and_beats_the_frozen_linear_probe(band
     m = result.metrics
     assert m["finetune_train_top1"] == 100.0
     assert m["finetune_top1"] > probe["linear_top1"] + 15, (m, probe)
-    assert m["finetune_steps"] == 40 * 4 and m["finetune_train_images"] == 64
+    assert m["finetune_steps"] == 20 * 4 and m["finetune_train_images"] == 64
     run = tmp_path / "run"
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "metrics.jsonl").is_file()
     cfg = (run / "config.yaml").read_text()
