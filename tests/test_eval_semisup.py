@@ -1,7 +1,6 @@
 """Semi-supervised fine-tuning (issue 24.2): fixed class-balanced subsets, files, the evaluator."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 
