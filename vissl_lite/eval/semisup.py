@@ -5,7 +5,8 @@ fraction a fixed, class-balanced subset of the train split (``fraction_subset``:
 ``round(fraction * class size)`` images, at least one, drawn with ``--seed``), then the whole
 encoder and a new head fine-tuned on it with the ``simclr_resnet50`` recipe (LARS, lr 0.005 x
 sqrt(batch), no weight decay, crop + flip, zero-init head) for 60 epochs on 1% and 30 on 10%,
-and top-1 on the whole test split. ``eval/finetune.py`` does the training, on the trainer.
+and top-1 on the test split (``--subset-test`` applies; ``--subset-train`` does not: the
+fractions are of the whole train split). ``eval/finetune.py`` does the training, on the trainer.
 
 Each subset is written beside the results (``<out>_subset_1pct.txt``, or in ``--run-dir``), one
 image per line as its path relative to the split (``class/file``; a data set without files: its
