@@ -6,7 +6,9 @@ patches pasted back. I-JEPA rows (Assran et al. 2023, Fig. 4): the context block
 dimmed) and the target blocks (one colour each); N-JEPA draws as I-JEPA. CNN-JEPA rows (Kalapos &
 Gyires-Toth 2024): the same, with the blocks on the ResNet's output grid upsampled to the input
 (cells of ``stride`` pixels). DINOv2 row (Oquab et al. 2023): a student global crop with its
-masked patches greyed out (they enter the ViT as the mask token).
+masked patches greyed out (they enter the ViT as the mask token). CAPI row (Darcet et al. 2025):
+the student's visible patches, the masked ones greyed out and the predicted subset in red. DTM
+draws as MAE, Franca as DINOv2.
 
     python benchmarks/masked_visualize.py --random --data ../shared/datasets/cifar10-jpeg.tar.gz --out grid.png
     python benchmarks/masked_visualize.py --checkpoint runs/mae_vit_tiny_patch4/checkpoints/last.pt --out grid.png
@@ -40,6 +42,7 @@ from vissl_lite.config import load_config  # noqa: E402
 from vissl_lite.data import build_dataset  # noqa: E402
 from vissl_lite.eval.transforms import eval_transform, resolve_mean_std  # noqa: E402
 from vissl_lite.methods import build_method  # noqa: E402
+from vissl_lite.methods.capi import CAPI  # noqa: E402
 from vissl_lite.methods.cnnjepa import CNNJEPA  # noqa: E402
 from vissl_lite.methods.dinov2 import DINOv2  # noqa: E402
 from vissl_lite.methods.ijepa import IJEPA  # noqa: E402
@@ -65,7 +68,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--extra-configs", nargs="*", default=[
         str(REPO / "configs/cnnjepa/cifar10_resnet18.yaml"),
         str(REPO / "configs/dinov2/cifar10_vit_tiny.yaml")],
-        help="more masked-method presets drawn with --random (CNN-JEPA, DINOv2, N-JEPA)")
+        help="more masked-method presets drawn with --random (CNN-JEPA, DINOv2, N-JEPA, CAPI)")
     return p.parse_args(argv)
 
 
@@ -100,7 +103,7 @@ def load_images(cfg, data: Optional[str], split: str, num: int, image_size: int)
     return images, torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
 
 
-DRAWN = (MAE, IJEPA, CNNJEPA, DINOv2)
+DRAWN = (MAE, IJEPA, CNNJEPA, DINOv2, CAPI)
 
 
 def patch_mask_image(idx: torch.Tensor, grid: Tuple[int, int], patch: int) -> torch.Tensor:
@@ -161,6 +164,20 @@ def dinov2_rows(method: DINOv2, images: torch.Tensor, mean, std, seed: int) -> R
     return [(f"student, {masks.mask_idx.shape[1]} mask tok.", torch.where(masked, 0.5, rgb))]
 
 
+@torch.no_grad()
+def capi_rows(method: CAPI, images: torch.Tensor, mean, std, seed: int) -> Rows:
+    """CAPI: the student's visible patches, the masked ones greyed, the predicted subset red."""
+    torch.manual_seed(seed)
+    keep_idx, predict_idx = method.sample_masks(images.shape[0], torch.device("cpu"))
+    vit = method.backbone
+    rgb = (images * std + mean).clamp(0, 1)
+    visible = patch_mask_image(keep_idx, vit.grid_size, vit.patch_size)
+    predicted = patch_mask_image(predict_idx, vit.grid_size, vit.patch_size)
+    colour = TARGET_COLOURS[0].view(1, 3, 1, 1)
+    shown = torch.where(predicted, colour, torch.where(visible, rgb, 0.5))
+    return [(f"{keep_idx.shape[1]} visible, {predict_idx.shape[1]} pred.", shown)]
+
+
 def draw(rows: Rows, out: Path, title: str) -> None:
     num = rows[0][1].shape[0]
     fig, axes = plt.subplots(len(rows), num, figsize=(1.3 * num + 1.2, 1.35 * len(rows) + 0.4),
@@ -190,6 +207,8 @@ def main(argv: Optional[List[str]] = None) -> None:
             rows += mae_rows(method, images, mean, std, args.seed)
         elif isinstance(method, DINOv2):
             rows += dinov2_rows(method, images, mean, std, args.seed)
+        elif isinstance(method, CAPI):
+            rows += capi_rows(method, images, mean, std, args.seed)
         else:
             rows += ijepa_rows(method, images, mean, std, args.seed)
         names.append(f"{cfg.method.name} / {cfg.backbone.name}")

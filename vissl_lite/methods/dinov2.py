@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence
+from typing import Any, Callable, ClassVar, Dict, List, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -147,7 +147,8 @@ class DINOv2(Method):
         patch_embed_lr_mult: float = 0.2  # DINOv2: the patch embedding learns 5x slower
 
     supported_backbones = ("vit",)
-    min_batch_size = 2
+    #: builds both heads (in_dim, out_dim, hidden, bottleneck, layers); Franca nests its own
+    head_class: ClassVar[Callable[..., nn.Module]] = DINOHead
     #: pos_embed, cls_token and register tokens are decayed: dinov2/utils/param_groups.py exempts
     #: only biases, norms and LayerScale gammas
     decay_listed_params = True
@@ -172,14 +173,14 @@ class DINOv2(Method):
         self.views = ViewSpec("dino", 2, c.num_local_crops)
         dim = backbone.embed_dim
         self.mask_token = nn.Parameter(torch.zeros(1, dim))
-        self.head = DINOHead(dim, c.out_dim, c.hidden_dim, c.bottleneck_dim, c.head_layers,
-                             norm_last_layer=False)
+        self.head = self.head_class(dim, c.out_dim, c.hidden_dim, c.bottleneck_dim, c.head_layers,
+                                    norm_last_layer=False)
         self.teacher_backbone = teacher_copy(backbone)
         self.teacher_head = teacher_copy(self.head)
         patch_dim = c.patch_out_dim if c.separate_patch_head else c.out_dim
         if c.separate_patch_head:
-            self.patch_head = DINOHead(dim, c.patch_out_dim, c.hidden_dim, c.bottleneck_dim,
-                                       c.head_layers, norm_last_layer=False)
+            self.patch_head = self.head_class(dim, c.patch_out_dim, c.hidden_dim, c.bottleneck_dim,
+                                              c.head_layers, norm_last_layer=False)
             self.teacher_patch_head = teacher_copy(self.patch_head)
         else:  # one set of prototypes for CLS and patch tokens (DINOv2's default config)
             self.patch_head, self.teacher_patch_head = self.head, self.teacher_head
