@@ -1,7 +1,10 @@
 """Patch-feature distillation (``methods/distill_patch.py``, ``method.patch_loss_weight``): the loss
-written out on tiny models for a ResNet and a ViT student, ViT teachers of ours and of timm, the
-teacher grid finer, equal and coarser than the student's; 0 is the global loss alone."""
+written out on tiny models for a ResNet and a ViT student, ViT teachers of ours, timm's and a
+DINOv2-like hub repo, the teacher grid finer, equal and coarser than the student's; 0 is the
+global loss alone."""
 from __future__ import annotations
+
+import textwrap
 
 import pytest
 import timm
@@ -10,6 +13,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torchvision.models.resnet import BasicBlock
 
+from test_encoder_specs import HUBCONF as DINOV2_HUBCONF
 from vissl_lite.backbones.resnet import ResNet
 from vissl_lite.backbones.vit import ViT
 from vissl_lite.errors import ConfigError
@@ -108,6 +112,32 @@ def test_timm_teacher_tokens_and_pooled_feature_from_one_pass(tmp_path):
         t_patches = method.teacher.model.forward_features(x_t)[:, teacher.num_prefix_tokens:]
         out = method.training_step({"views": [x]})
     want, _ = expected_loss(method, s_tokens.mean(dim=1), s_tokens, t_global, t_patches, 1.0)
+    torch.testing.assert_close(out.loss, want, rtol=1e-5, atol=1e-5)
+
+
+def test_dinov2_teacher_patch_tokens_without_registers_and_its_cls_plus_mean(tmp_path):
+    """A DINOv2-like hub teacher (patch 14 at 224 px: 16x16, 4 registers, global CLS + mean patch
+    = 64-d, tokens 32-d) into a ResNet's 4x4 map: 4x4 block means of the patch tokens."""
+    (tmp_path / "dinov2").mkdir()
+    (tmp_path / "dinov2" / "hubconf.py").write_text(textwrap.dedent(DINOV2_HUBCONF))
+    torch.manual_seed(0)
+    model = torch.hub.load(str(tmp_path / "dinov2"), "dinov2_vits14", source="local",
+                           pretrained=False)
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    method = distill(resnet(), teacher=f"hub:{tmp_path / 'dinov2'}:dinov2_vits14",
+                     teacher_weights=str(tmp_path / "w.pth"), patch_loss_weight=1.0)
+    assert method.teacher_grid == (16, 16) and method.projector.out_features == 64
+    assert method.patch_projector.out_features == 32
+    x = torch.randn(2, 3, 32, 32)
+    stage = []
+    method.backbone.layer4.register_forward_hook(lambda m, i, o: stage.append(o))
+    with torch.no_grad():
+        h = method.backbone(x)
+        tokens = model.vit.forward_features(method.teacher_input(x))
+        t_global = torch.cat([tokens[:, 0], tokens[:, 5:].mean(dim=1)], dim=1)
+        out = method.training_step({"views": [x]})
+    want, _ = expected_loss(method, h, stage[0].flatten(2).transpose(1, 2), t_global,
+                            block_mean(tokens[:, 5:], 16, 4), 1.0)
     torch.testing.assert_close(out.loss, want, rtol=1e-5, atol=1e-5)
 
 

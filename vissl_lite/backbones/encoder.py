@@ -110,7 +110,8 @@ class Encoder(nn.Module):
             return self._global(cls, patches), patches
         if getattr(self.model, "global_pool", None) == "avg":   # ours, pooled as its forward
             return patches.mean(dim=1), patches
-        return self.model.head(cls) if self.interface == "dinov2" else cls, patches
+        head = getattr(self.model, "head", None)      # DINOv2's forward: head(CLS), an identity
+        return (head(cls) if head is not None else cls), patches
 
     def extra_repr(self) -> str:
         return f"spec={self.spec!r}, feature={self.feature!r}, num_features={self.num_features}"
