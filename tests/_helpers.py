@@ -46,6 +46,13 @@ def load_cifar_images(root: Path, count: int, split: str = "train") -> torch.Ten
     return torch.stack([to_tensor(data[i * step][0]) for i in range(count)])
 
 
+def load_cifar_labels(root: Path, count: int, split: str = "train") -> torch.Tensor:
+    """The class labels of the images ``load_cifar_images(root, count, split)`` returns."""
+    data = _image_folder(str(root / split))
+    step = len(data) // count
+    return torch.tensor([data.targets[i * step] for i in range(count)])
+
+
 def crop_flip_normalise(images: torch.Tensor, min_scale: float) -> torch.Tensor:
     """A light random-resized-crop + flip view of each 32x32 image, CIFAR-normalised."""
     crop_flip = v2.Compose([v2.RandomResizedCrop(32, scale=(min_scale, 1.0), antialias=True),

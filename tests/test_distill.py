@@ -8,9 +8,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from torchvision.models.resnet import BasicBlock
+from torchvision.transforms import v2
 
-from _helpers import one_thread  # noqa: F401 (fixture)
+from _helpers import (crop_flip_normalise, load_cifar_images, load_cifar_labels,
+                      one_thread)  # noqa: F401 (fixture)
 from vissl_lite.backbones.resnet import ResNet
+from vissl_lite.eval.knn import knn_classify
 from vissl_lite.methods.distill import Distill
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -63,42 +66,93 @@ def test_teacher_is_frozen_outside_the_state_and_the_queue_is_a_ring(tmp_path):
     assert torch.equal(rebuilt.projector.weight, method.projector.weight)
 
 
-PIXELS_HUBCONF = '''
+RIDGE_HUBCONF = '''
 dependencies = ["torch"]
 import torch
+import torch.nn.functional as F
 
 
-class Pixels(torch.nn.Module):
-    """A frozen label-free encoder: 4x4 average-pooled pixels (192-d at 32 px)."""
-    num_features = 192
+class Ridge(torch.nn.Module):
+    """A frozen random 5x5 convolution (128 filters, ReLU, 2x2 average pool) and 4x4-pooled
+    colours, standardised, then a linear map to 10 scores fitted by the test (ridge regression)."""
+    num_features = 10
+
+    def __init__(self, filters=128):
+        super().__init__()
+        w = torch.randn(filters, 3, 5, 5, generator=torch.Generator().manual_seed(0))
+        self.register_buffer("conv", w - w.mean(dim=(1, 2, 3), keepdim=True))
+        self.register_buffer("mean", torch.zeros(4 * filters + 48))
+        self.register_buffer("std", torch.ones(4 * filters + 48))
+        self.register_buffer("head", torch.zeros(4 * filters + 48, 10))
+
+    def features(self, x):
+        h = F.relu(F.conv2d(x, self.conv, stride=2, padding=2))
+        z = torch.cat([F.adaptive_avg_pool2d(h, 2).flatten(1),
+                       F.adaptive_avg_pool2d(x, 4).flatten(1)], 1)
+        return (z - self.mean) / self.std
 
     def forward(self, x):
-        return torch.nn.functional.avg_pool2d(x, 4).flatten(1)
+        return self.features(x) @ self.head
 
 
-def pixels(pretrained=False):
-    return Pixels()
+def ridge(pretrained=False):
+    return Ridge()
 '''
 
 
-def test_30_real_cifar10_steps_move_the_student_to_a_frozen_teacher(cifar_root, tmp_path, one_thread):
-    """The student's projected features turn toward the frozen teacher's on real images (cosine
-    from about 0 to above 0.3). A kNN rise is not asserted: this label-free teacher (pooled
-    pixels) is no better on kNN than a random ResNet, so a student matching it gains nothing."""
-    from _helpers import crop_flip_normalise, load_cifar_images
+def fit_ridge_teacher(hub, images, labels, out) -> str:
+    """The teacher's weights: its features standardised on ``images`` (as the distillation feeds
+    them) and the ridge regression ``head = (Z^T Z + 100 I)^-1 Z^T onehot(labels)``."""
+    (hub / "hubconf.py").write_text(RIDGE_HUBCONF)
+    probe = Distill(student(), {"teacher": f"hub:{hub}:ridge", "teacher_image_size": 32})
+    probe.input_mean_std = (CIFAR_MEAN, CIFAR_STD)
+    probe.setup(1, 1)
+    model = probe.teacher.model
+    with torch.no_grad():
+        x = probe.teacher_input(v2.functional.normalize(images, CIFAR_MEAN, CIFAR_STD))
+        z = model.features(x)
+        model.mean.copy_(z.mean(0))
+        model.std.copy_(z.std(0) + 1e-3)
+        z = model.features(x)
+        onehot = F.one_hot(labels, 10).float()
+        model.head.copy_(torch.linalg.solve(z.T @ z + 100 * torch.eye(z.shape[1]), z.T @ onehot))
+    torch.save(model.state_dict(), out)
+    return str(out)
 
+
+def test_30_real_cifar10_steps_move_the_student_to_a_frozen_teacher(cifar_root, tmp_path,
+                                                                    one_thread):
+    """A frozen tiny teacher with real signal (random-convolution features and a ridge-regression
+    head fitted in the test on the labels of 1000 training images: kNN about 49 % on 500 test
+    images) distilled for 30 steps (batch 32, AdamW) into a random-init ResNet: the student's
+    projected features turn toward the teacher's (cosine from about 0 to about 0.6) and the kNN of
+    its backbone features (bank: the 1000 images, queries: the test images) rises clearly over its
+    random init (seed 0: 26.8 % -> 36.8 %; with lr 0 it stays at 26.0 % and the cosine at 0)."""
+    train, labels = load_cifar_images(cifar_root, 1000), load_cifar_labels(cifar_root, 1000)
+    test = load_cifar_images(cifar_root, 500, "test")
+    test_labels = load_cifar_labels(cifar_root, 500, "test")
     (tmp_path / "hub").mkdir()
-    (tmp_path / "hub" / "hubconf.py").write_text(PIXELS_HUBCONF)
-    train = load_cifar_images(cifar_root, 500)
+    weights = fit_ridge_teacher(tmp_path / "hub", train, labels, tmp_path / "ridge.pth")
     torch.manual_seed(1)
     small = ResNet(BasicBlock, (1, 1, 1, 1), cifar_stem=False, name="resnet10_test")
-    method = Distill(small, {"teacher": f"hub:{tmp_path / 'hub'}:pixels", "loss": "cosine",
-                             "teacher_image_size": 32})
+    method = Distill(small, {"teacher": f"hub:{tmp_path / 'hub'}:ridge", "teacher_weights": weights,
+                             "teacher_image_size": 32, "queue_size": 256})
     method.input_mean_std = (CIFAR_MEAN, CIFAR_STD)
     method.setup(30, 30)
-    method.train()
+
+    @torch.no_grad()
+    def knn(encoder) -> float:
+        encoder.eval()
+        bank, queries = (encoder(v2.functional.normalize(x, CIFAR_MEAN, CIFAR_STD))
+                         for x in (train, test))
+        return knn_classify(bank, labels, queries, test_labels, k=20,
+                            backend="torch")["knn_top1@20"]
+
+    teacher_knn, initial_knn = knn(method.teacher), knn(small)
+    assert teacher_knn > initial_knn + 15, (teacher_knn, initial_knn)
     opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-3)
     cosines = []
+    method.train()
     for _ in range(30):
         x = train[torch.randint(0, len(train), (32,))]
         out = method.training_step({"views": [crop_flip_normalise(x, 0.3)]})
@@ -106,4 +160,6 @@ def test_30_real_cifar10_steps_move_the_student_to_a_frozen_teacher(cifar_root, 
         out.loss.backward()
         opt.step()
         cosines.append(float(out.metrics["cos_teacher"]))
-    assert sum(cosines[:3]) / 3 < 0.15 and sum(cosines[-5:]) / 5 > 0.3, cosines
+    assert cosines[0] < 0.1 and sum(cosines[-5:]) / 5 > 0.4, cosines
+    final_knn = knn(small)
+    assert final_knn > initial_knn + 5, (initial_knn, final_knn)

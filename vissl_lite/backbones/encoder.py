@@ -101,12 +101,39 @@ class Encoder(nn.Module):
         if self.feature == "pool":
             out = self.model(images)
             return out.flatten(1) if out.ndim > 2 else out
-        cls, patches = self.tokens(images)
+        return self._global(*self.tokens(images))
+
+    def _global(self, cls: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        """The named token feature (cls, mean or cls+mean) from the final-normed tokens."""
         if self.feature == "cls":
             return cls
         if self.feature == "mean":
             return patches.mean(dim=1)
         return torch.cat([cls, patches.mean(dim=1)], dim=1)
+
+    @property
+    def patch_size(self) -> Optional[int]:
+        """The side of a patch in pixels for a model with patch tokens, else None."""
+        if self.interface is None:
+            return None
+        size = getattr(self.model, "patch_size", None)
+        if size is None:
+            size = getattr(getattr(self.model, "patch_embed", None), "patch_size", None)
+        return int(size[0] if isinstance(size, (tuple, list)) else size) if size else None
+
+    def forward_with_patches(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(the global feature (B, num_features), the patch tokens (B, N, width)), one pass."""
+        if self.interface == "timm" and self.feature == "pool":
+            tokens = self.model.forward_features(images)
+            return (self.model.forward_head(tokens, pre_logits=True),
+                    tokens[:, self.model.num_prefix_tokens:])
+        cls, patches = self.tokens(images)
+        if self.feature != "pool":
+            return self._global(cls, patches), patches
+        if getattr(self.model, "global_pool", None) == "avg":   # ours, pooled as its forward
+            return patches.mean(dim=1), patches
+        head = getattr(self.model, "head", None)      # DINOv2's forward: head(CLS), an identity
+        return (head(cls) if head is not None else cls), patches
 
     def extra_repr(self) -> str:
         return f"spec={self.spec!r}, feature={self.feature!r}, num_features={self.num_features}"

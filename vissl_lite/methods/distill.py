@@ -14,6 +14,10 @@ same augmented view, and with ``loss: queue``::
 
 ``loss: cosine`` matches the normalised features directly: ``loss = 1 - mean_b <s_b, t_b>``.
 
+With ``patch_loss_weight: w > 0`` (dense students, lightly-train's distillation v2 idea) the
+student's feature map is also matched to the teacher's patch tokens, and the loss is
+``loss + w * patch_loss`` (``methods/distill_patch.py`` has the formula); 0 is v1 alone.
+
 The teacher is built in ``setup`` (so a checkpoint rebuilt for evaluation never needs it), is not a
 sub-module (not in ``state_dict``, not seen by DDP or the optimizer), runs under ``no_grad`` in
 eval mode under the run's autocast, and is fed the same views re-normalised to its own mean/std
@@ -35,6 +39,7 @@ from vissl_lite.backbones.specs import parse_spec, resolve_encoder
 from vissl_lite.distributed import gather_no_grad
 from vissl_lite.errors import ConfigError
 from vissl_lite.methods.base import Method, StepOutput
+from vissl_lite.methods.distill_patch import check_dense_student, patch_loss, student_features
 from vissl_lite.registry import METHODS
 
 LOSSES = ("queue", "cosine")
@@ -50,12 +55,15 @@ class DistillConfig:
     loss: str = "queue"                     # queue (v1 pseudo-classifier) | cosine
     queue_size: int = 2048
     temperature: float = 0.07
+    patch_loss_weight: float = 0.0          # > 0: also match the teacher's patch tokens (v2 idea)
 
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ConfigError(f"method.loss={self.loss!r}: one of {', '.join(LOSSES)}")
         if self.queue_size < 1 or self.temperature <= 0:
             raise ConfigError("method.queue_size must be >= 1 and method.temperature > 0")
+        if self.patch_loss_weight < 0:
+            raise ConfigError("method.patch_loss_weight must be >= 0 (0: global features only)")
 
 
 def _affine(x: torch.Tensor, scale, shift) -> torch.Tensor:
@@ -79,7 +87,7 @@ class Distill(Method):
     views = ViewSpec("simclr", 1, 0)
     min_batch_size = 1
     tiny_config = {"teacher": "random:vit_tiny_patch4", "teacher_image_size": 32,
-                   "queue_size": 64}
+                   "queue_size": 64, "patch_loss_weight": 0.5}
     #: the normalisation of the views given to training_step (set by build_method from augment.*)
     input_mean_std: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None
 
@@ -88,8 +96,12 @@ class Distill(Method):
         if parse_spec(self.cfg.teacher)[0] == "random" and not self.cfg.teacher_image_size:
             raise ConfigError(f"method.teacher={self.cfg.teacher}: a random teacher needs "
                               f"method.teacher_image_size (e.g. the run's view size)")
+        if self.cfg.patch_loss_weight:
+            check_dense_student(backbone)
         self._teacher: Tuple[nn.Module, ...] = ()
         self.projector: Optional[nn.Linear] = None
+        self.patch_projector: Optional[nn.Linear] = None
+        self.teacher_grid: Tuple[int, int] = (0, 0)
         self.register_buffer("queue", torch.empty(0))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self._register_load_state_dict_pre_hook(self._heads_from_state)
@@ -108,16 +120,26 @@ class Distill(Method):
             teacher.card = teacher.card.replace(image_size=cfg.teacher_image_size)
         device = next(self.backbone.parameters()).device
         self._teacher = (teacher.requires_grad_(False).eval().to(device),)
+        if cfg.patch_loss_weight:
+            if not teacher.patch_size:
+                raise ConfigError(f"method.patch_loss_weight > 0 needs a teacher with patch "
+                                  f"tokens (a ViT); {cfg.teacher} gives pooled features only")
+            side = teacher.card.image_size // teacher.patch_size
+            self.teacher_grid = (side, side)
         if self.projector is None:
-            self._make_heads(teacher.num_features, device)
+            self._make_heads(teacher.num_features, device,
+                             patch_dim=teacher.width if cfg.patch_loss_weight else None)
         elif self.projector.out_features != teacher.num_features:
             raise ConfigError(f"method.teacher={cfg.teacher} gives {teacher.num_features}-d "
                               f"features, but this run's projector maps to "
                               f"{self.projector.out_features}; use the teacher it was trained with")
 
-    def _make_heads(self, dim: int, device, queue_size: Optional[int] = None) -> None:
-        """The projector and queue depend on the teacher's width, known once it is built."""
+    def _make_heads(self, dim: int, device, queue_size: Optional[int] = None,
+                    patch_dim: Optional[int] = None) -> None:
+        """The projectors and queue depend on the teacher's widths, known once it is built."""
         self.projector = nn.Linear(self.backbone.num_features, dim).to(device)
+        if patch_dim:
+            self.patch_projector = nn.Linear(self.backbone.num_features, patch_dim).to(device)
         g = torch.Generator().manual_seed(0)
         queue = torch.randn(queue_size or self.cfg.queue_size, dim, generator=g)
         self.queue = F.normalize(queue, dim=1).to(device)
@@ -125,9 +147,11 @@ class Distill(Method):
     def _heads_from_state(self, state, prefix, *args) -> None:
         """Loading a checkpoint (resume, or evaluation without a teacher): heads of its shapes."""
         weight, queue = state.get(f"{prefix}projector.weight"), state.get(f"{prefix}queue")
+        patch = state.get(f"{prefix}patch_projector.weight")
         if weight is not None and self.projector is None:
             self._make_heads(weight.shape[0], self.queue.device,
-                             queue.shape[0] if queue is not None else None)
+                             queue.shape[0] if queue is not None else None,
+                             patch.shape[0] if patch is not None else None)
 
     @property
     def teacher(self) -> nn.Module:
@@ -163,10 +187,13 @@ class Distill(Method):
 
     # -- the step ---------------------------------------------------------------------------------
     def training_step(self, batch: Dict[str, Any]) -> StepOutput:
-        x = batch["views"][0]
+        x, dense = batch["views"][0], self.cfg.patch_loss_weight > 0
         with torch.no_grad():
-            t = F.normalize(self.teacher(self.teacher_input(x)).float(), dim=1)
-        h = self.backbone(x)
+            x_t = self.teacher_input(x)
+            t, t_patches = (self.teacher.forward_with_patches(x_t) if dense
+                            else (self.teacher(x_t), None))
+            t = F.normalize(t.float(), dim=1)
+        h, s_map = student_features(self.backbone, x) if dense else (self.backbone(x), None)
         s = F.normalize(self.projector(h).float(), dim=1)
         if self.cfg.loss == "queue":
             queue = self.queue.clone()
@@ -176,8 +203,12 @@ class Distill(Method):
             self._enqueue(t)
         else:
             loss = 1.0 - (s * t).sum(dim=1).mean()
-        cos = (s.detach() * t).sum(dim=1).mean()
-        return StepOutput(loss, {"cos_teacher": cos}, embedding=h.detach())
+        metrics = {"cos_teacher": (s.detach() * t).sum(dim=1).mean()}
+        if dense:
+            dense_loss = patch_loss(self.patch_projector, s_map, t_patches, self.teacher_grid)
+            metrics.update(global_loss=loss.detach(), patch_loss=dense_loss.detach())
+            loss = loss + self.cfg.patch_loss_weight * dense_loss
+        return StepOutput(loss, metrics, embedding=h.detach())
 
     @torch.no_grad()
     def _enqueue(self, t: torch.Tensor) -> None:
