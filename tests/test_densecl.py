@@ -13,7 +13,8 @@ from _je import assert_ranks_match_full, head_layout, lightly_module, loss_on_ra
 from vissl_lite.config import load_config
 from vissl_lite.errors import ConfigError
 from vissl_lite.methods.base import per_rank_buffer_names
-from vissl_lite.methods.densecl import dense_correspondence, densecl_loss
+from vissl_lite.methods.densecl import DenseCL, dense_correspondence, densecl_loss
+from vissl_lite.shapes import RunShape
 
 N, C, D, S, K, T, LAMBDA = 4, 10, 6, 9, 12, 0.2, 0.5
 
@@ -129,3 +130,9 @@ def test_queues_are_per_rank_state_and_the_heads_are_the_official_neck(tmp_path)
 def test_out_of_range_values_are_config_errors(override):
     with pytest.raises(ConfigError):
         tiny_method("densecl", **override)
+
+
+def test_a_queue_smaller_than_the_keys_of_one_step_is_refused_at_load():
+    DenseCL.check_run({"queue_size": 256}, RunShape(batch_size=256, accumulate=1, world=2))
+    with pytest.raises(ConfigError, match="queue_size=128"):
+        DenseCL.check_run({"queue_size": 128}, RunShape(batch_size=256, accumulate=1, world=2))

@@ -48,6 +48,7 @@ from vissl_lite.methods.byol import frozen_copy
 from vissl_lite.methods.ema import ema_update
 from vissl_lite.methods.nnclr import NNMemoryBank
 from vissl_lite.registry import METHODS
+from vissl_lite.shapes import RunShape
 
 
 @dataclass
@@ -129,6 +130,14 @@ class DenseCL(Method):
     min_batch_size = 2
     supported_backbones = ("resnet",)
     tiny_config = {"hidden_dim": 32, "output_dim": 16, "queue_size": 64}
+
+    @classmethod
+    def check_shape(cls, cfg: DenseCLConfig, shape: RunShape) -> None:
+        """Each step pushes the keys of every rank, ``train.batch_size / train.accumulate``."""
+        if cfg.queue_size < shape.per_loss:
+            raise ConfigError(f"method.queue_size={cfg.queue_size} is smaller than the keys pushed "
+                              f"per step ({shape.per_loss}: the global batch per loss); raise "
+                              f"method.queue_size (DenseCL: 65536)")
 
     def __init__(self, backbone: nn.Module, cfg: Any = None):
         super().__init__(backbone, cfg)
