@@ -144,8 +144,13 @@ def views_batch(method, batch: int = 8, global_size: int = 32, local_size: int =
     spec = method.views
     sizes = [global_size] * spec.num_global + [local_size] * spec.num_local
     views = [torch.randn(batch, 3, s, s, generator=g) for s in sizes]
-    return {"views": views, "labels": torch.zeros(batch, dtype=torch.long),
-            "index": torch.arange(batch)}
+    out = {"views": views, "labels": torch.zeros(batch, dtype=torch.long),
+           "index": torch.arange(batch)}
+    if spec.crop_boxes:                 # crops of a 48-px source image, some of them mirrored
+        from vissl_lite.augment.boxes import sample_crop_boxes, view_boxes
+        out["boxes"] = [view_boxes(sample_crop_boxes(batch, 48, 48, (0.2, 1.0), generator=g),
+                                   torch.rand(batch, generator=g) < 0.5) for _ in sizes]
+    return out
 
 
 def base_and_addon(addon: str, base: dict, **options):

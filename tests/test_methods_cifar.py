@@ -155,6 +155,18 @@ class Signal(NamedTuple):
 JOINT_EMBEDDING = {
     "byol": Signal((), 0.25, "pred_cos", +1),        # 3.338 -> 1.748; pred_cos 0.17 -> 0.56
     "vicreg": Signal(("optim.lr=0.03",), 0.02),      # 23.25 -> 22.15; RankMe 74.6 -> 177.7
+    # the dense methods see 48-px views: a 2x2 last map whose cells are matched (1x1 at 32 px);
+    # batch 32 and narrower heads keep them cheap (~25-35 s of CPU time each, loaded machine)
+    # 27.64 -> 26.21; local_loss 43.58 -> 39.89; RankMe 74.6 -> 137.6
+    "vicregl": Signal(("optim.lr=0.03", "augment.global_size=48", "train.batch_size=32",
+                       "method.proj_hidden_dim=512", "method.proj_output_dim=512",
+                       "method.maps_hidden_dim=128", "method.maps_output_dim=128"),
+                      0.025, "local_loss", -1),
+    # a queue of one batch, so the negatives are real keys from the first step on (the preset's
+    # 4096 fill with harder real keys over these steps and the loss rises as MoCo's does);
+    # 2.911 -> 2.618; loss_dense 2.957 -> 1.798; RankMe 74.6 -> 128.6
+    "densecl": Signal(("augment.global_size=48", "train.batch_size=32", "method.hidden_dim=512",
+                       "method.queue_size=32", "optim.lr=0.3"), 0.05, "loss_dense", -1),
     "mocov3": Signal((), 0.012, "pos_sim", +1),      # 3.330 -> 3.235; pos_sim 0.014 -> 0.060
     "swav": Signal((), 0.02),                        # 6.468 -> 6.191
     "wmse": Signal(("train.batch_size=128",), 0.012),  # 1.956 -> 1.904 (w_size 128: 128 a batch)

@@ -22,6 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from _helpers import registered_methods, tiny_method, views_batch
 from vissl_lite.augment import build_gpu_views
+from vissl_lite.augment.boxes import batch_entries
 
 NAMES = registered_methods()
 SIZE, BATCH = 32, 8
@@ -86,7 +87,7 @@ def _method(name: str):
 def _step(method, views_fn, optimizer, step: int) -> torch.Tensor:
     images = _uint8_batch(step)
     views = views_fn(images, generator=torch.Generator().manual_seed(step))
-    batch = {"views": views, "labels": torch.zeros(BATCH, dtype=torch.long),
+    batch = {**batch_entries(views), "labels": torch.zeros(BATCH, dtype=torch.long),
              "index": torch.arange(BATCH)}
     out = method.training_step(batch)
     out.loss.backward()
@@ -173,6 +174,6 @@ def test_gpu_views_are_one_graph_and_never_recompile(name):
 
     torch._dynamo.reset()
     fn, compiled = _counting_compile(views_fn)
-    outs = [fn(_uint8_batch(seed)) for seed in range(3)]
+    outs = [batch_entries(fn(_uint8_batch(seed))) for seed in range(3)]
     assert len(compiled) == 1
-    assert [v.shape for v in outs[0]] == [v.shape for v in outs[2]]
+    assert [v.shape for v in outs[0]["views"]] == [v.shape for v in outs[2]["views"]]

@@ -1,14 +1,19 @@
 """Crop boxes for the batched GPU views: ``RandomResizedCrop``'s boxes drawn for a whole batch at
-once, and one ``grid_sample`` that resizes (and mirrors) every box of a batch."""
+once, and one ``grid_sample`` that resizes (and mirrors) every box of a batch.
+
+A method whose loss needs the views' geometry (VICRegL matches feature-map cells by their position
+in the image) sets ``ViewSpec.crop_boxes``; both pipelines then return ``CroppedViews`` and the
+loaders put its ``boxes`` into the batch (``batch_entries``)."""
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["uniform", "sample_crop_boxes", "resized_crop", "CROP_TRIES"]
+__all__ = ["uniform", "sample_crop_boxes", "resized_crop", "CROP_TRIES", "CroppedViews",
+           "view_boxes", "batch_entries"]
 
 CROP_TRIES = 10                      # torchvision's RandomResizedCrop tries 10 boxes
 
@@ -80,3 +85,24 @@ def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: int,
     grid = torch.clamp(grid, lo.view(n, 1, 1, 2), hi.view(n, 1, 1, 2))
     out = F.grid_sample(images, grid, mode=mode, padding_mode="border", align_corners=False)
     return out.clamp_(0, 1) if mode == "bicubic" else out
+
+
+class CroppedViews(NamedTuple):
+    """A pipeline's views with where each was cut from: ``boxes[i]`` (B, 5) float32 for view ``i``
+    holds top, left, height, width of the crop in source-image pixels and 1 where the view was
+    mirrored (0 otherwise)."""
+
+    views: List[torch.Tensor]
+    boxes: List[torch.Tensor]
+
+
+def view_boxes(boxes: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """(n, 4) integer boxes and (n,) flips -> the (n, 5) float32 rows of ``CroppedViews.boxes``."""
+    return torch.cat([boxes.float(), flip.float()[:, None].to(boxes.device)], dim=1)
+
+
+def batch_entries(out: Any) -> Dict[str, list]:
+    """The batch entries of a view pipeline's output: ``views``, and ``boxes`` if it gave them."""
+    if isinstance(out, CroppedViews):
+        return {"views": list(out.views), "boxes": list(out.boxes)}
+    return {"views": list(out)}

@@ -45,7 +45,7 @@ import torch
 from PIL import Image, ImageChops, ImageFilter
 from torchvision.transforms.v2 import functional as TF
 
-from vissl_lite.augment.boxes import CROP_TRIES
+from vissl_lite.augment.boxes import CROP_TRIES, CroppedViews
 from vissl_lite.augment.crops import sample_gaussian_boxes
 from vissl_lite.augment.recipes import ViewParams, resolve_views
 from vissl_lite.augment.spec import ViewSpec
@@ -212,15 +212,24 @@ def to_normalized_tensor(image: Image.Image, scale: torch.Tensor,
 
 
 class CPUViews:
-    """Callable ``image -> [view, ...]`` (globals first, then locals); picklable for workers."""
+    """Callable ``image -> [view, ...]`` (globals first, then locals), or ``CroppedViews`` (each
+    view's crop box a (5,) tensor) with ``crop_boxes``; picklable for workers."""
 
-    def __init__(self, views: List[ViewParams]):
+    def __init__(self, views: List[ViewParams], crop_boxes: bool = False):
         self.views = views
         self.pipelines = [ViewPipeline(v) for v in views]
+        self.crop_boxes = crop_boxes
 
-    def __call__(self, image) -> List[torch.Tensor]:
+    def __call__(self, image):
         image = as_rgb(image)
-        return [p(image) for p in self.pipelines]
+        if not self.crop_boxes:
+            return [p(image) for p in self.pipelines]
+        views, boxes = [], []
+        for p in self.pipelines:
+            d = p.draw(image.height, image.width)
+            views.append(p.render(image, d))
+            boxes.append(torch.tensor([*d.box, float(d.flip)], dtype=torch.float32))
+        return CroppedViews(views, boxes)
 
     def __repr__(self) -> str:
         sizes = ", ".join(str(v.size) for v in self.views)
@@ -234,4 +243,4 @@ def build_cpu_views(spec: ViewSpec, aug_cfg: Any = None, image_size: int = 224, 
     ``dataset`` (e.g. "cifar10") picks the normalisation statistics when ``augment.mean/std`` are
     null; without it small inputs get CIFAR-10's and larger ones ImageNet's.
     """
-    return CPUViews(resolve_views(spec, aug_cfg, image_size, dataset))
+    return CPUViews(resolve_views(spec, aug_cfg, image_size, dataset), spec.crop_boxes)

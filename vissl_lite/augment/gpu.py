@@ -43,7 +43,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from vissl_lite.augment.boxes import CROP_TRIES, resized_crop, sample_crop_boxes, uniform
+from vissl_lite.augment.boxes import (CROP_TRIES, CroppedViews, resized_crop, sample_crop_boxes,
+                                      uniform, view_boxes)
 from vissl_lite.augment.color import (adjust_hue, color_jitter, gaussian_blur, grayscale,
                                       solarize)
 from vissl_lite.augment.crops import draw_gaussian_box_randoms, gaussian_boxes
@@ -77,15 +78,17 @@ class _Group:
 
 
 class GPUViews(nn.Module):
-    """``forward(images uint8 (B,3,H,W), generator=None) -> [view (B,3,h,w) float, ...]``.
+    """``forward(images uint8 (B,3,H,W), generator=None) -> [view (B,3,h,w) float, ...]``, or
+    ``CroppedViews`` (the views and their crop boxes) with ``crop_boxes``.
 
     Views that differ only in their probabilities (SimCLR's two views, DINO's local crops, BYOL's
     asymmetric pair) are processed as one batch of ``len(group) * B`` rows.
     """
 
-    def __init__(self, views: List[ViewParams]):
+    def __init__(self, views: List[ViewParams], crop_boxes: bool = False):
         super().__init__()
         self.views = views
+        self.crop_boxes = crop_boxes
         groups: Dict[Any, _Group] = {}
         for i, v in enumerate(views):
             g = groups.setdefault(v.group_key(), _Group([], v, {k: [] for k in (
@@ -177,17 +180,27 @@ class GPUViews(nn.Module):
                 views[i] = x[slot * batch:(slot + 1) * batch]
         return views  # type: ignore[return-value]
 
-    @torch.no_grad()
-    def render(self, images: torch.Tensor,
-               draws: List[Tuple[torch.Tensor, torch.Tensor]]) -> List[torch.Tensor]:
-        """The views of ``images`` for the random numbers ``draws`` (from ``draw``): the part to
-        ``torch.compile`` when a seeded ``torch.Generator`` is used (dynamo cannot trace one)."""
-        return self.apply(images, self.params_from(draws, images.shape[0], images.shape[2],
-                                                   images.shape[3]))
+    def boxes(self, params: List[BatchParams], batch: int) -> List[torch.Tensor]:
+        """Each view's (B, 5) crop box and flip (``CroppedViews.boxes``) from its group's params."""
+        out: List[Optional[torch.Tensor]] = [None] * len(self.views)
+        for g, p in zip(self.groups, params):
+            rows = view_boxes(p.boxes, p.flip)
+            for slot, i in enumerate(g.view_ids):
+                out[i] = rows[slot * batch:(slot + 1) * batch]
+        return out  # type: ignore[return-value]
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor,
-                generator: Optional[torch.Generator] = None) -> List[torch.Tensor]:
+    def render(self, images: torch.Tensor, draws: List[Tuple[torch.Tensor, torch.Tensor]]):
+        """The views of ``images`` for the random numbers ``draws`` (from ``draw``): the part to
+        ``torch.compile`` when a seeded ``torch.Generator`` is used (dynamo cannot trace one)."""
+        params = self.params_from(draws, images.shape[0], images.shape[2], images.shape[3])
+        views = self.apply(images, params)
+        if self.crop_boxes:
+            return CroppedViews(views, self.boxes(params, images.shape[0]))
+        return views
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, generator: Optional[torch.Generator] = None):
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"GPU views expect a batch of RGB images (B, 3, H, W), got shape "
                              f"{tuple(images.shape)}")
@@ -200,4 +213,4 @@ class GPUViews(nn.Module):
 def build_gpu_views(spec: ViewSpec, aug_cfg: Any = None, image_size: int = 224, *,
                     dataset: Optional[str] = None) -> GPUViews:
     """The batched pipeline for ``spec`` (same parameters as ``build_cpu_views``)."""
-    return GPUViews(resolve_views(spec, aug_cfg, image_size, dataset))
+    return GPUViews(resolve_views(spec, aug_cfg, image_size, dataset), spec.crop_boxes)

@@ -53,6 +53,9 @@ class ViewSpec:
     recipe: str = "simclr"
     num_global: int = 2
     num_local: int = 0
+    #: the method reads where each view was cut from: the batch then holds ``boxes``, one (B, 5)
+    #: float tensor per view (top, left, height, width in source pixels, 1 where mirrored)
+    crop_boxes: bool = False
 
     def __post_init__(self):
         if self.recipe not in RECIPES:

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from typing import Sequence, Type, Union
 
+import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet as _TorchvisionResNet
 
 
 class ResNet(_TorchvisionResNet):
-    """``forward(x (B,3,H,W)) -> (B, num_features)`` globally average-pooled features."""
+    """``forward(x (B,3,H,W)) -> (B, num_features)`` globally average-pooled features;
+    ``forward_features(x) -> (B, num_features, h, w)`` the last stage's map before the pool (what
+    dense methods, VICRegL and DenseCL, train and a dense probe reads; timm's name for it)."""
 
     family = "resnet"
 
@@ -32,6 +35,13 @@ class ResNet(_TorchvisionResNet):
                                    bias=False)
             nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
             self.maxpool = nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.avgpool(self.forward_features(x)), 1)
 
 
 def resnet18(cifar_stem: bool = False, name: str = "resnet18", zero_init_residual: bool = False) -> ResNet:

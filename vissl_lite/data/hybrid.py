@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from vissl_lite.augment.boxes import batch_entries
 from vissl_lite.data.workers import (_GPU_AUGMENT, ResumableSampler, carried, carry, derive_seed,
                                      leave_stop_signals_to_the_trainer, raise_carried)
 from vissl_lite.errors import ConfigError, DataError, VisslLiteError
@@ -160,6 +161,6 @@ class HybridLoader:
             images = decode_batch(batch["bytes"], self.image_size, self.device)
             gen = torch.Generator(device=self.device)
             gen.manual_seed(derive_seed(self.seed, self.epoch, b, self.rank, _GPU_AUGMENT))
-            yield {"views": list(self.views_fn(images, generator=gen)),
+            yield {**batch_entries(self.views_fn(images, generator=gen)),
                    "labels": batch["labels"].to(self.device, non_blocking=True),
                    "index": batch["index"].to(self.device, non_blocking=True)}

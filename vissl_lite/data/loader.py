@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vissl_lite.augment import build_cpu_views, build_gpu_views
+from vissl_lite.augment.boxes import batch_entries
 from vissl_lite.config import data_image_size
 from vissl_lite.data.corrupt import skipped_count
 from vissl_lite.data.datasets import build_dataset, describe_dataset
@@ -134,7 +135,7 @@ class DeviceLoader:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(derive_seed(self.seed, self.epoch, b, self.rank, _GPU_AUGMENT))
             views = self.views_fn(self.images.index_select(0, index_dev), generator=gen)
-            yield {"views": list(views), "labels": self.labels.index_select(0, index_dev),
+            yield {**batch_entries(views), "labels": self.labels.index_select(0, index_dev),
                    "index": index_dev}
 
 

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset, DistributedSampler, default_collate, get_w
 from torch.utils.data._utils.worker import _worker_loop
 
 from vissl_lite import errors
+from vissl_lite.augment.boxes import batch_entries
 from vissl_lite.errors import VisslLiteError
 from vissl_lite.rng import derive_seed
 
@@ -87,7 +88,7 @@ def seeded_sample(transform: Callable, image, seed: int, label: int, index: int)
         random.setstate(py_state)
     if isinstance(views, torch.Tensor):
         views = [views]
-    return {"views": list(views), "labels": int(label), "index": int(index)}
+    return {**batch_entries(views), "labels": int(label), "index": int(index)}
 
 
 def carry(error: VisslLiteError) -> Dict[str, Any]:

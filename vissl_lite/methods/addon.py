@@ -52,7 +52,8 @@ class AddOnMethod(Method):
                               f"naming a plain method as the innermost base")
         self.base = base_cls(backbone, base_cfg)
         spec = self.base.views
-        self.views = ViewSpec(spec.recipe, spec.num_global, spec.num_local + self.extra_local_views)
+        self.views = ViewSpec(spec.recipe, spec.num_global, spec.num_local + self.extra_local_views,
+                              spec.crop_boxes)
         self.min_batch_size = self.base.min_batch_size
 
     @classmethod

@@ -16,7 +16,9 @@ Batch format given to ``training_step`` (built by ``vissl_lite.data.loader``):
     {"views":  [Tensor(B, 3, H_i, W_i), ...]   float, normalised, on the training device;
                                               global views first, then local views
      "labels": Tensor(B) long                 never used for the loss; for online monitors only
-     "index":  Tensor(B) long}                position of each sample in the data set
+     "index":  Tensor(B) long                 position of each sample in the data set
+     "boxes":  [Tensor(B, 5), ...]}           only for a ViewSpec with crop_boxes: each view's crop
+                                              (top, left, h, w in source pixels, 1 if mirrored)
 """
 from __future__ import annotations
 

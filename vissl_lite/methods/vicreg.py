@@ -49,11 +49,14 @@ def variance_term(z: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
 
 
 def covariance_term(z: torch.Tensor) -> torch.Tensor:
-    """Sum of the squared off-diagonal covariances over the number of dimensions."""
-    n, d = z.shape
+    """Sum of the squared off-diagonal covariances over the number of dimensions; for ``z`` of
+    shape (N, ..., d) the covariance is taken over N at each position of ``...`` and the terms
+    are averaged over the positions (VICRegL's matched feature-map cells, (N, M, d))."""
+    n, d = z.shape[0], z.shape[-1]
     z = z - z.mean(dim=0)
-    cov = z.T @ z / (n - 1)
-    return (cov.pow(2).sum() - torch.diagonal(cov).pow(2).sum()) / d
+    cov = torch.einsum("n...c,n...e->...ce", z, z) / (n - 1)
+    off = cov.pow(2).sum((-2, -1)) - torch.diagonal(cov, dim1=-2, dim2=-1).pow(2).sum(-1)
+    return (off / d).mean()
 
 
 def vicreg_loss(z_a: torch.Tensor, z_b: torch.Tensor, sim_coeff: float = 25.0,
