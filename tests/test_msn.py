@@ -9,9 +9,9 @@ import pytest
 import torch
 from lightly.loss import MSNLoss, PMSNCustomLoss, PMSNLoss
 
-from _helpers import load_cifar_images, loss_on_ranks, real_cifar_losses, tiny_backbone
+from _helpers import load_cifar_images, loss_on_ranks, tiny_backbone
+from _vit_steps import thirty_steps
 from vissl_lite.config import ConfigError, load_config
-from vissl_lite.eval.rankme import rankme
 from vissl_lite.methods import build_method
 from vissl_lite.methods.msn import MSN, PMSN, msn_loss, power_law_prior
 
@@ -120,7 +120,8 @@ def test_target_follows_the_ema_over_the_stretched_horizon():
 
 def test_pmsn_regulariser_is_the_prior_matching_one():
     torch.manual_seed(0)
-    msn, pmsn = MSN(tiny_backbone(MSN), MSN.tiny_config), PMSN(tiny_backbone(PMSN), PMSN.tiny_config)
+    msn = MSN(tiny_backbone(MSN), MSN.tiny_config)
+    pmsn = PMSN(tiny_backbone(PMSN), PMSN.tiny_config)
     pmsn.load_state_dict(msn.state_dict())
     batch = {"views": [torch.randn(4, 3, 32, 32) for _ in range(2)]
              + [torch.randn(4, 3, 16, 16) for _ in range(2)]}
@@ -154,17 +155,6 @@ def test_presets_validate(preset, tmp_path):
 def test_thirty_steps_on_real_cifar10_lower_the_loss_without_collapse(cifar_root):
     torch.manual_seed(0)
     method = MSN(tiny_backbone(MSN), {**MSN.tiny_config, "num_focal_views": 0})
-    images = load_cifar_images(cifar_root, 256)
-
-    def held_out_rank():
-        with torch.no_grad():
-            feats = method.eval().backbone_for_eval()(images[:64] - 0.5)
-        return rankme(feats - feats.mean(0))
-
-    initial = held_out_rank()
-    losses = real_cifar_losses(method.train(), images, steps=30, batch=32, lr=1e-3, num_views=2)
-    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
-    rank = held_out_rank()
-    print(f"msn: loss {first:.4f} -> {last:.4f}, RankMe {initial:.1f} -> {rank:.1f}")
-    assert last < 0.9 * first, losses
-    assert rank > 0.5 * initial, (initial, rank)
+    run = thirty_steps(method, load_cifar_images(cifar_root, 256), "msn", batch=32, num_views=2)
+    assert run.last < 0.9 * run.first, run        # seed 0: 4.415 -> 2.992, RankMe 6.2 -> 6.2
+    assert run.rank > 0.5 * run.initial_rank, run

@@ -98,7 +98,8 @@ def test_masked_pixels_never_reach_the_encoder_and_only_masked_patches_get_a_gra
     out.loss.backward()
     assert method.mask_token.grad.abs().sum() > 0 and method.decoder.weight.grad.abs().sum() > 0
     assert method.backbone.patch_embed.proj.weight.grad.abs().sum() > 0
-    assert "mask_token" in method.no_weight_decay() and method.backbone_for_eval() is method.backbone
+    assert "mask_token" in method.no_weight_decay()
+    assert method.backbone_for_eval() is method.backbone
 
 
 def test_bad_config_values_raise_clear_errors():
@@ -160,7 +161,8 @@ def test_thirty_steps_on_real_cifar10_lower_the_loss_without_collapse(cifar_root
         loss.backward()
         opt.step()
     after, rank_after = held_out_loss_and_rank()
-    print(f"simmim: held-out L1 {before:.4f} -> {after:.4f}, RankMe {rank_before:.1f} -> {rank_after:.1f}")
+    print(f"simmim: held-out L1 {before:.4f} -> {after:.4f}, "
+          f"RankMe {rank_before:.1f} -> {rank_after:.1f}")
     assert after < 0.9 * before, (before, after)
     # a collapsed encoder has a RankMe of ~1; here 9.1 -> 8.5 (seed 0, centred features)
     assert rank_after > 0.5 * rank_before, (rank_before, rank_after)

@@ -22,7 +22,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from vissl_lite.augment.masks import PatchMask, _rand
+from vissl_lite.augment.masks import PatchMask, _rand, patch_mask_from_order
 from vissl_lite.errors import MaskError
 
 
@@ -49,9 +49,4 @@ def inverse_block_mask(batch: int, grid: Tuple[int, int], mask_prob: float = 0.8
     visible.scatter_(1, block.flatten(1), 1.0)
     order = (_rand((batch, num), generator, device) + 2.0 * visible).argsort(dim=1,
                                                                               descending=True)
-    keep_idx = order[:, :num_keep].sort(dim=1).values
-    mask_idx = order[:, num_keep:].sort(dim=1).values
-    ids_restore = torch.cat([keep_idx, mask_idx], dim=1).argsort(dim=1)
-    mask = torch.ones(batch, num, dtype=torch.bool, device=keep_idx.device)
-    mask.scatter_(1, keep_idx, False)
-    return PatchMask(keep_idx, mask_idx, ids_restore, mask)
+    return patch_mask_from_order(order, num_keep)

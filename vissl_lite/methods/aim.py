@@ -7,19 +7,21 @@ prefix and causally after it (prefix-causal attention, Sec. 3), and an MLP head 
 the output at position k the pixels of patch k + 1:
 
     attend(i, j) = j <= i  or  j < K                     (i attends to j)
-    z      = ViT_prefix_causal(x, K) + pos               (lightly adds the positions before the head)
+    z      = ViT_prefix_causal(x, K) + pos         (lightly adds the positions before the head)
     pred_k = head(z_k)                                   Linear, MLP blocks, LayerNorm, Linear
     t_k    = (patch_k - mean) / sqrt(var + 1e-6)         per-patch normalised pixels
-    loss   = mean over samples and k >= K of mean_d (pred_{k-1} - t_k)^2
+    loss   = mean over samples of [ mean over k >= K of mean_d (pred_{k-1} - t_k)^2 ]
 
-(the loss over the non-prefix patches only, as the paper; the first target is patch K, predicted
+(the loss over each image's non-prefix patches only, averaged per image, as the paper's eq. 2;
+the first target is patch K, predicted
 from the last prefix token). The prefix-causal attention mask and the head are lightly's
 ``MaskedCausalAttention`` and ``AIMPredictionHead``; lightly's ImageNet benchmark instead
 regresses patch k from output k over every patch, which the paper does not, so the loss follows
 the paper. AIM's ViT has no CLS token (``backbone.class_token=false`` in the presets); a CLS or
 register token, if the backbone has one, counts as part of the prefix (it sees the prefix
-patches only, so nothing after the prefix leaks through it). For evaluation the backbone runs with bidirectional attention, as the paper probes
-AIM features (with an attention-pooling probe; here the backbone's own pooling).
+patches only, so nothing after the prefix leaks through it). For evaluation the backbone runs
+with bidirectional attention, as the paper probes AIM features (with an attention-pooling
+probe; here the backbone's own pooling).
 """
 from __future__ import annotations
 
@@ -111,7 +113,8 @@ class AIM(Method):
 
     def next_patch_loss(self, pred: torch.Tensor, images: torch.Tensor,
                         prefix_len: torch.Tensor) -> torch.Tensor:
-        """Mean squared error of pred_{k-1} against patch k over the non-prefix patches k >= K."""
+        """Mean squared error of pred_{k-1} against patch k over each image's non-prefix patches
+        k >= K, averaged per image, then over the batch."""
         target = patchify(images, self.patch_size).float()
         if self.cfg.norm_pix_loss:
             target = (target - target.mean(-1, keepdim=True)) / (
@@ -119,7 +122,7 @@ class AIM(Method):
         err = (pred[:, :-1].float() - target[:, 1:]).pow(2).mean(dim=-1)     # (B, N-1)
         k = torch.arange(1, self.num_patches, device=images.device)
         weight = (k[None, :] >= prefix_len[:, None]).to(err.dtype)
-        return (err * weight).sum() / weight.sum()
+        return ((err * weight).sum(dim=1) / weight.sum(dim=1)).mean()
 
     def training_step(self, batch: Dict[str, Any]) -> StepOutput:
         images = batch["views"][0]

@@ -64,7 +64,8 @@ def msn_loss(anchors: torch.Tensor, targets: torch.Tensor, prototypes: torch.Ten
              sinkhorn_iterations: int = 3, reg_weight: float = 1.0,
              prior: Optional[torch.Tensor] = None):
     """(cross-entropy, regulariser) of MSN: ``anchors`` (V*B, D) view-major, ``targets`` (B, D),
-    ``prototypes`` (K, D); ``prior`` (K,) replaces the uniform one (PMSN); ``reg_weight`` applied."""
+    ``prototypes`` (K, D); ``prior`` (K,) replaces the uniform one (PMSN); the regulariser
+    comes multiplied by ``reg_weight``."""
     views = anchors.shape[0] // targets.shape[0]
     protos = F.normalize(prototypes.float(), dim=1)
     probs = F.softmax(F.normalize(anchors.float(), dim=1) @ protos.t() / temperature, dim=1)
@@ -136,7 +137,7 @@ class MSN(Method):
         return {"prototypes"}
 
     def encode(self, images: torch.Tensor, mask_ratio: float) -> torch.Tensor:
-        """Projected CLS outputs of the student on ``images`` with ``mask_ratio`` of patches dropped."""
+        """Projected student CLS outputs of ``images`` with ``mask_ratio`` of the patches dropped."""
         vit = self.backbone
         n = (images.shape[-2] // vit.patch_size) * (images.shape[-1] // vit.patch_size)
         keep = random_patch_mask(images.shape[0], n, mask_ratio, images.device).keep_idx
