@@ -8,7 +8,9 @@ Gyires-Toth 2024): the same, with the blocks on the ResNet's output grid upsampl
 (cells of ``stride`` pixels). DINOv2 row (Oquab et al. 2023): a student global crop with its
 masked patches greyed out (they enter the ViT as the mask token). CAPI row (Darcet et al. 2025):
 the student's visible patches, the masked ones greyed out and the predicted subset in red. DTM
-draws as MAE, Franca as DINOv2.
+draws as MAE, Franca as DINOv2. SimMIM rows (Xie et al. 2022, Fig. 1): the view with its masked
+mask patches greyed out, the linear decoder's prediction of every patch, and the prediction on
+the masked patches pasted into the view.
 
     python benchmarks/masked_visualize.py --random --data ../shared/datasets/cifar10-jpeg.tar.gz --out grid.png
     python benchmarks/masked_visualize.py --checkpoint runs/mae_vit_tiny_patch4/checkpoints/last.pt --out grid.png
@@ -47,6 +49,7 @@ from vissl_lite.methods.cnnjepa import CNNJEPA  # noqa: E402
 from vissl_lite.methods.dinov2 import DINOv2  # noqa: E402
 from vissl_lite.methods.ijepa import IJEPA  # noqa: E402
 from vissl_lite.methods.mae import MAE, patchify, unpatchify  # noqa: E402
+from vissl_lite.methods.simmim import SimMIM  # noqa: E402
 
 TARGET_COLOURS = torch.tensor([[1.0, 0.2, 0.2], [0.2, 0.8, 0.2], [0.2, 0.4, 1.0], [1.0, 0.8, 0.1],
                                [0.9, 0.3, 0.9], [0.1, 0.9, 0.9]])
@@ -67,8 +70,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--ijepa-config", default=str(REPO / "configs/ijepa/cifar10_vit_tiny.yaml"))
     p.add_argument("--extra-configs", nargs="*", default=[
         str(REPO / "configs/cnnjepa/cifar10_resnet18.yaml"),
-        str(REPO / "configs/dinov2/cifar10_vit_tiny.yaml")],
-        help="more masked-method presets drawn with --random (CNN-JEPA, DINOv2, N-JEPA, CAPI)")
+        str(REPO / "configs/dinov2/cifar10_vit_tiny.yaml"),
+        str(REPO / "configs/simmim/cifar10_vit_tiny.yaml"),
+        str(REPO / "configs/capi/cifar10_vit_tiny.yaml")],
+        help="more masked-method presets drawn with --random (CNN-JEPA, DINOv2, SimMIM, N-JEPA, CAPI)")
     return p.parse_args(argv)
 
 
@@ -80,7 +85,7 @@ def load_methods(args: argparse.Namespace):
         method, cfg = load_pretrained(args.checkpoint)
         if not isinstance(method, DRAWN):
             sys.exit(f"{args.checkpoint} is a '{cfg.method.name}' checkpoint; this script draws "
-                     f"MAE, I-JEPA / N-JEPA, CNN-JEPA and DINOv2 runs only")
+                     f"MAE, I-JEPA / N-JEPA, CNN-JEPA, DINOv2 and SimMIM runs only")
         return [(method, cfg)]
     if not args.data:
         sys.exit("--random needs --data (an ImageFolder folder or .tar/.tar.gz of images)")
@@ -103,7 +108,7 @@ def load_images(cfg, data: Optional[str], split: str, num: int, image_size: int)
     return images, torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
 
 
-DRAWN = (MAE, IJEPA, CNNJEPA, DINOv2, CAPI)
+DRAWN = (MAE, IJEPA, CNNJEPA, DINOv2, CAPI, SimMIM)
 
 
 def patch_mask_image(idx: torch.Tensor, grid: Tuple[int, int], patch: int) -> torch.Tensor:
@@ -114,13 +119,19 @@ def patch_mask_image(idx: torch.Tensor, grid: Tuple[int, int], patch: int) -> to
     return mask.repeat_interleave(patch, 2).repeat_interleave(patch, 3)
 
 
-@torch.no_grad()
-def mae_rows(method: MAE, images: torch.Tensor, mean, std, seed: int) -> Rows:
-    pred, _, mask_idx = method.reconstruct(images, generator=torch.Generator().manual_seed(seed))
+def predicted_image(method, pred: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """(B, N, p*p*3) predicted patches -> (B, 3, H, W); standardised predictions (norm_pix_loss)
+    get the true patch's mean and standard deviation back."""
     if method.cfg.norm_pix_loss:
         target = patchify(images, method.patch_size)
         pred = pred * (target.var(-1, keepdim=True) + 1e-6).sqrt() + target.mean(-1, keepdim=True)
-    recon = unpatchify(pred, method.patch_size, method.grid_size)
+    return unpatchify(pred, method.patch_size, method.grid_size)
+
+
+@torch.no_grad()
+def mae_rows(method: MAE, images: torch.Tensor, mean, std, seed: int) -> Rows:
+    pred, _, mask_idx = method.reconstruct(images, generator=torch.Generator().manual_seed(seed))
+    recon = predicted_image(method, pred, images)
     masked = patch_mask_image(mask_idx, method.grid_size, method.patch_size)
     rgb = lambda x: (x * std + mean).clamp(0, 1)  # noqa: E731
     grey = torch.full_like(images, 0.5)
@@ -178,6 +189,20 @@ def capi_rows(method: CAPI, images: torch.Tensor, mean, std, seed: int) -> Rows:
     return [(f"{keep_idx.shape[1]} visible, {predict_idx.shape[1]} pred.", shown)]
 
 
+@torch.no_grad()
+def simmim_rows(method: SimMIM, images: torch.Tensor, mean, std, seed: int) -> Rows:
+    """The masked view, the prediction of every patch, and the prediction pasted where masked."""
+    mask = method.sample_mask(images.shape[0], generator=torch.Generator().manual_seed(seed))
+    recon = predicted_image(method, method.reconstruct(images, mask), images)
+    p = method.patch_size
+    masked = mask.view(-1, 1, *method.grid_size).repeat_interleave(p, 2).repeat_interleave(p, 3)
+    rgb = lambda x: (x * std + mean).clamp(0, 1)  # noqa: E731
+    ratio = f"{100 * mask.float().mean():.0f}%"
+    return [(f"masked {ratio}", torch.where(masked, 0.5, rgb(images))),
+            ("prediction", rgb(recon)),
+            ("pred. + visible", torch.where(masked, rgb(recon), rgb(images)))]
+
+
 def draw(rows: Rows, out: Path, title: str) -> None:
     num = rows[0][1].shape[0]
     fig, axes = plt.subplots(len(rows), num, figsize=(1.3 * num + 1.2, 1.35 * len(rows) + 0.4),
@@ -209,6 +234,8 @@ def main(argv: Optional[List[str]] = None) -> None:
             rows += dinov2_rows(method, images, mean, std, args.seed)
         elif isinstance(method, CAPI):
             rows += capi_rows(method, images, mean, std, args.seed)
+        elif isinstance(method, SimMIM):
+            rows += simmim_rows(method, images, mean, std, args.seed)
         else:
             rows += ijepa_rows(method, images, mean, std, args.seed)
         names.append(f"{cfg.method.name} / {cfg.backbone.name}")

@@ -54,11 +54,17 @@ def random_patch_mask(batch: int, num_patches: int, mask_ratio: float, device=No
     num_keep = int(num_patches * (1 - mask_ratio))
     if num_keep < 1:
         raise MaskError(f"mask_ratio={mask_ratio} keeps no patch of {num_patches}; lower it")
-    shuffle = _rand((batch, num_patches), generator, device).argsort(dim=1)
-    keep_idx = shuffle[:, :num_keep].sort(dim=1).values
-    mask_idx = shuffle[:, num_keep:].sort(dim=1).values
+    return patch_mask_from_order(_rand((batch, num_patches), generator, device).argsort(dim=1),
+                                 num_keep)
+
+
+def patch_mask_from_order(order: torch.Tensor, num_keep: int) -> PatchMask:
+    """The ``PatchMask`` that keeps the first ``num_keep`` patches of each row of ``order``
+    (B, N), a permutation of the patch indices, and masks the rest."""
+    keep_idx = order[:, :num_keep].sort(dim=1).values
+    mask_idx = order[:, num_keep:].sort(dim=1).values
     ids_restore = torch.cat([keep_idx, mask_idx], dim=1).argsort(dim=1)
-    mask = torch.zeros(batch, num_patches, dtype=torch.bool, device=keep_idx.device)
+    mask = torch.zeros(order.shape, dtype=torch.bool, device=keep_idx.device)
     mask.scatter_(1, mask_idx, True)
     return PatchMask(keep_idx, mask_idx, ids_restore, mask)
 

@@ -112,10 +112,12 @@ class ViT(VisionTransformer):
             prefix.append(self.reg_token)
         return torch.cat(prefix, dim=1).expand(batch, -1, -1) if prefix else None
 
-    def _encode(self, x: torch.Tensor, keep_idx: Optional[torch.Tensor],
-                mask: Optional[torch.Tensor] = None,
-                mask_token: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """All tokens (prefix first) after the blocks and the final norm."""
+    def embed_tokens(self, x: torch.Tensor, keep_idx: Optional[torch.Tensor] = None,
+                     mask: Optional[torch.Tensor] = None,
+                     mask_token: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The sequence the blocks take ``(B, P + K or N, D)``: prefix tokens, then the (kept,
+        masked) patch embeddings with their positions (methods that read each block's output
+        run ``self.blocks`` on it themselves)."""
         tokens = self.patch_embed_with_pos(x, mask, mask_token)
         if keep_idx is not None:
             if keep_idx.dim() != 2 or keep_idx.shape[0] != tokens.shape[0]:
@@ -126,7 +128,13 @@ class ViT(VisionTransformer):
         prefix = self._prefix_tokens(tokens.shape[0])
         if prefix is not None:
             tokens = torch.cat([prefix, tokens], dim=1)
-        tokens = self.norm_pre(self.pos_drop(tokens))
+        return self.norm_pre(self.pos_drop(tokens))
+
+    def _encode(self, x: torch.Tensor, keep_idx: Optional[torch.Tensor],
+                mask: Optional[torch.Tensor] = None,
+                mask_token: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """All tokens (prefix first) after the blocks and the final norm."""
+        tokens = self.embed_tokens(x, keep_idx, mask, mask_token)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             tokens = checkpoint_seq(self.blocks, tokens)
         else:
@@ -140,11 +148,13 @@ class ViT(VisionTransformer):
         return self._encode(x, keep_idx)[:, self.num_prefix_tokens:]
 
     def forward_all_tokens(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
-                           mask_token: Optional[torch.Tensor] = None) -> torch.Tensor:
+                           mask_token: Optional[torch.Tensor] = None,
+                           keep_idx: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Every token ``(B, P + N, D)`` after the final norm: the ``P = num_prefix_tokens`` CLS
         and register tokens, then the patches; with ``mask`` (B, N) bool the masked patches enter
-        as ``mask_token`` (1, D) plus their position embedding."""
-        return self._encode(x, None, mask, mask_token)
+        as ``mask_token`` (1, D) plus their position embedding; with ``keep_idx`` (B, K) only
+        those patches follow the prefix tokens (B, P + K, D)."""
+        return self._encode(x, keep_idx, mask, mask_token)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self._encode(x, None)
