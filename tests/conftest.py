@@ -46,6 +46,12 @@ def find_archive() -> Path:
     return beside
 
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n 2` (README): two test processes share the cores, one intra-op thread each (and in
+    # the processes a test starts), rather than four threads fighting over two cores
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
 ARCHIVE = find_archive()
 # The CIFAR-10 presets download CIFAR-10 unless $CIFAR10_ROOT names local data: tests (and the
 # `vissl-lite` subprocesses they start) read the shared archive instead, never the internet.
