@@ -12,6 +12,7 @@ from typing import Optional
 
 import pytest
 import torch
+from filelock import FileLock
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,10 +83,20 @@ def cifar_archive() -> Path:
 
 @pytest.fixture(scope="session")
 def cifar_root(cifar_archive, tmp_path_factory) -> Path:
-    """The extracted ImageFolder tree: <root>/train/<class>/*.jpg and <root>/test/<class>/*.jpg."""
-    out = tmp_path_factory.mktemp("cifar")
-    with tarfile.open(cifar_archive) as tar:
-        tar.extractall(out, filter="data")
+    """The extracted ImageFolder tree: <root>/train/<class>/*.jpg and <root>/test/<class>/*.jpg.
+
+    Extracted once per test run: under pytest-xdist the workers share one copy in the run's
+    common temporary folder (the first one to arrive extracts it, under a file lock)."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    out, done = shared / "cifar", shared / "cifar.done"
+    with FileLock(str(shared / "cifar.lock")):
+        if not done.exists():
+            out.mkdir(exist_ok=True)
+            with tarfile.open(cifar_archive) as tar:
+                tar.extractall(out, filter="data")
+            done.touch()
     return out / "cifar10-jpeg"
 
 
