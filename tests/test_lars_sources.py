@@ -32,6 +32,10 @@ LARS_PRESETS = {
     "mocov3/cifar10_resnet18": "solo_learn",
     "tregs/cifar10_resnet18": "solo_learn",
     "swav/imagenet_resnet50": "swav_larc",              # apex LARC(0.001, clip=False)
+    "mmcr/imagenet_resnet50": "barlow_twins",           # ThomasYerxa/mmcr misc.py: Barlow's LARS
+    "directclr/imagenet_resnet50": "barlow_twins",      # facebookresearch/directclr utils.py: same
+    "frossl/cifar10_resnet18": "solo_learn",            # OFSkean/FroSSL: solo-learn's LARS
+    "frossl/imagenet_resnet50": "solo_learn",
 }
 
 

@@ -12,6 +12,9 @@ DCL sets w_i = 1. DCLW weights the positives by the negative von Mises-Fisher we
     w_i = 2 - N exp(<z_i^a, z_i^b> / sigma) / sum_j exp(<z_j^a, z_j^b> / sigma)     (no gradient)
 so that hard positives (far apart) count more; the weights average to 1 over the batch.
 
+Each view goes through the networks in its own pass (per-view batch norm), as lightly's DCL and
+DCLW benchmark models (SimCLR's one pass over both views, whose batch norm mixes them, lost
+rank on real CIFAR-10: RankMe 74.6 -> 56.8 over 30 steps against 74.6 -> 115.7 per view).
 As in SimCLR (``simclr.py``), each rank computes the rows of its own anchors against candidates
 gathered from every rank with gradient, so DDP's gradient average is the one-process gradient.
 The DCLW weights are a softmax over the *global* batch here (lightly's ``DCLWLoss`` takes it over
@@ -20,13 +23,14 @@ each rank's batch: equal on one process, and 2 ranks equal 1 rank only this way)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
 
 from vissl_lite.distributed import gather_with_grad
 from vissl_lite.errors import ConfigError
+from vissl_lite.methods.base import StepOutput
 from vissl_lite.methods.simclr import SimCLR, local_rows
 from vissl_lite.registry import METHODS
 
@@ -82,12 +86,20 @@ def dcl_loss(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.1,
 
 @METHODS.register("dcl", help="DCL: NT-Xent without the positive in the denominator (Yeh et al. 2022)")
 class DCL(SimCLR):
-    """SimCLR's backbone, projector, views and single pass, with the decoupled loss."""
+    """SimCLR's backbone, projector and views, one pass per view, with the decoupled loss."""
 
     Config = DCLConfig
 
     def loss(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
         return dcl_loss(z_a, z_b, self.cfg.temperature)
+
+    def training_step(self, batch: Dict[str, Any]) -> StepOutput:
+        h = [self.backbone(v) for v in batch["views"][:2]]
+        z_a, z_b = (self.projector(x) for x in h)
+        loss = self.loss(z_a, z_b)
+        with torch.no_grad():
+            pos_sim = F.cosine_similarity(z_a.float(), z_b.float(), dim=1).mean()
+        return StepOutput(loss, {"pos_sim": pos_sim}, embedding=h[0].detach())
 
 
 @METHODS.register("dclw", help="DCLW: DCL with von Mises-Fisher weighted positives (Yeh et al. 2022)")
