@@ -16,6 +16,7 @@ from torch import nn
 
 from vissl_lite.config import to_dict
 from vissl_lite.data.loader import build_train_loader, train_data_size
+from vissl_lite.engine.act_ckpt import apply_activation_checkpointing
 from vissl_lite.engine.logger import log
 from vissl_lite.engine.optim import build_optimizer, scaled_lr
 from vissl_lite.engine.resume import RUNTIME_STREAM, restore
@@ -62,6 +63,7 @@ def build_components(cfg, runtime: Runtime, method: nn.Module, micro_batch: int,
     if t.channels_last:
         method.to(memory_format=torch.channels_last)
     method = sync_batchnorm(method, runtime, t.sync_bn)
+    apply_activation_checkpointing(method, t.activation_checkpointing)
     method.check_data_size(train_data_size(loader))
     method.setup(total_steps, steps_per_epoch)
     method.train()
