@@ -194,6 +194,36 @@ def test_a_sharded_checkpoint_resumes_on_two_ranks_and_on_one(runs, tmp_path):
     assert (one / "checkpoints" / "step_0000004.dcp" / "__0_0.distcp").is_file()
 
 
+def test_auto_picks_fsdp_above_the_stated_size_on_several_ranks_and_a_method_may_refuse_it():
+    from vissl_lite.engine.sharding import AUTO_FSDP_MIN_PARAMS, resolve_strategy
+    from vissl_lite.errors import ConfigError
+
+    class Big(torch.nn.Module):
+        fsdp_unsupported = ""
+
+        def __init__(self, n):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.empty(n, device="meta"))
+
+    assert resolve_strategy("auto", Big(AUTO_FSDP_MIN_PARAMS + 1), world=2) == "fsdp"
+    assert resolve_strategy("auto", Big(AUTO_FSDP_MIN_PARAMS + 1), world=1) == "ddp"
+    assert resolve_strategy("auto", Big(AUTO_FSDP_MIN_PARAMS), world=8) == "ddp"
+    Big.fsdp_unsupported = "its loss reads whole parameters outside forward"
+    with pytest.raises(ConfigError, match="Big cannot train under train.strategy=fsdp: its loss"):
+        resolve_strategy("fsdp", Big(4), world=2)
+
+
+def test_shard_units_are_blocks_and_resnet_stages_children_first_root_last():
+    from vissl_lite.engine.sharding import shard_units
+    method = torch.nn.Module()
+    method.backbone, method.resnet = vit_fsdp_test(), _backbone("byol")
+    units = shard_units(method)
+    names = {id(m): n for n, m in method.named_modules()}
+    assert [names[id(u)] for u in units] == [
+        "backbone.blocks.0", "backbone.blocks.1", "resnet.layer1", "resnet.layer2",
+        "resnet.layer3", "resnet.layer4", ""]
+
+
 if __name__ == "__main__":   # one rank under torchrun: python -m torch.distributed.run ... OUT
     torch.set_num_threads(1)
     run_ranks(Path(sys.argv[1]))
