@@ -45,10 +45,7 @@ def _replacing(path: Path) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, path)
     except OSError as e:
-        raise CheckpointError(
-            f"cannot write checkpoint {path}: {e.strerror or e or type(e).__name__}; the previous "
-            f"checkpoint is intact. Free space on that disk or set output_dir to a writable folder "
-            f"with room, then continue with resume=auto") from None
+        raise dcp.write_error(path, e) from None
     finally:
         if tmp.exists():
             tmp.unlink()

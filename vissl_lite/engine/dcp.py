@@ -65,12 +65,17 @@ def save_sharded(folder: Path, model: nn.Module, optimizer: torch.optim.Optimize
                 shutil.rmtree(folder)
             os.rename(tmp, folder)
     except OSError as e:
-        raise CheckpointError(
-            f"cannot write checkpoint {folder}: {e.strerror or e}; the previous checkpoint is "
-            f"intact. Free space on that disk or set output_dir to a writable folder with room, "
-            f"then continue with resume=auto") from None
+        raise write_error(folder, e) from None
     finally:
         vdist.barrier()
+
+
+def write_error(path: Path, e: OSError) -> CheckpointError:
+    """A failed checkpoint write (disk full, read-only folder): the path, and what to do."""
+    return CheckpointError(
+        f"cannot write checkpoint {path}: {e.strerror or e or type(e).__name__}; the previous "
+        f"checkpoint is intact. Free space on that disk or set output_dir to a writable folder "
+        f"with room, then continue with resume=auto")
 
 
 def read_extra(folder: Path) -> Dict[str, Any]:
