@@ -8,6 +8,8 @@
     vissl-lite embed ENCODER --data DIR --out FILE.npy  the embedding of every image, resumable
     vissl-lite export CKPT --format timm|torchvision|safetensors --out FILE   the encoder alone
     vissl-lite shard DATA --out DIR --shard-size N     tar shards for data.name=shards
+    vissl-lite submit CONFIG [key=value ...] --nodes N --gpus-per-node G --partition P --time T
+                                                     SLURM jobs (submitit); --local, --sweep
 
 User errors (every ``vissl_lite.errors.VisslLiteError``: bad config key, missing data, wrong
 checkpoint) end in one line on stderr and exit status 2; anything else is a bug and keeps its
@@ -34,6 +36,7 @@ import vissl_lite
 from vissl_lite import data, engine
 from vissl_lite import eval as evaluation
 from vissl_lite.config import load_config
+from vissl_lite.engine.submit_cli import add_submit_parser
 from vissl_lite.errors import VisslLiteError, print_user_error
 from vissl_lite.presets import add_preset_roots, list_presets, preset_roots
 from vissl_lite.recipe_cards import read_card, recipes_markdown
@@ -244,6 +247,8 @@ def build_parser(with_evaluators: bool = True) -> argparse.ArgumentParser:
                                                          "folder for unlabelled images)")
     p.add_argument("--split", default="train", help="split to write (default train)")
     p.set_defaults(func=cmd_shard)
+
+    add_submit_parser(sub, folders)
 
     p = sub.add_parser("config", help="print a preset's resolved and validated config",
                        parents=[folders],

@@ -71,6 +71,8 @@ CHOICES = {
     "optim.name": ("sgd", "adamw", "lars"),
     "optim.lars_denominator": ("norm_of_sum", "sum_of_norms"),
     "train.grad_clip_mode": ("global", "per_param", "per_module"),
+    "train.activation_checkpointing": ("none", "blocks", "selective"),
+    "train.strategy": ("ddp", "fsdp", "auto"),
     "logger.wandb.mode": ("online", "offline", "disabled"),
     "backbone.global_pool": ("avg", "token"),
     "checkpoint.best_metric": ("knn_top1", "knn_top5", "rankme", "online_linear_top1",

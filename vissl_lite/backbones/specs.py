@@ -60,26 +60,31 @@ def _checkpoints():
 
 
 def find_checkpoint(spec: str) -> Path:
-    """A checkpoint file, or a run folder's ``checkpoints/last.pt``."""
+    """A checkpoint file, a sharded checkpoint folder (``step_*.dcp``, with DCP's ``.metadata``),
+    or a run folder's ``checkpoints/last.pt`` (``last.dcp`` when the run was sharded)."""
     path = Path(spec).expanduser()
-    if path.is_dir():
-        for candidate in (path / "checkpoints" / "last.pt", path / "last.pt"):
-            if candidate.is_file():
-                return candidate
+    if path.is_dir() and not (path / ".metadata").is_file():
+        last = _checkpoints().last_in(path / "checkpoints") or _checkpoints().last_in(path)
+        if last is not None:
+            return last
         raise BackboneError(f"{spec} is a folder without checkpoints/last.pt; give a checkpoint "
                             f"file or a run folder written by vissl-lite pretrain")
-    if not path.is_file():
+    if not (path.is_file() or (path / ".metadata").is_file()):
         raise BackboneError(f"checkpoint not found: {spec} (give {GRAMMAR}; e.g. "
                             f"runs/<run>/checkpoints/last.pt)")
     return path
 
 
 def file_digest(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """SHA-256 of a file's bytes (the identity of weights in feature caches)."""
+    """SHA-256 of a file's bytes (the identity of weights in feature caches); of a folder (a
+    sharded checkpoint), of its files' names and bytes in name order."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
+    path = Path(path)
+    for file in (sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]):
+        h.update(file.name.encode() if path.is_dir() else b"")
+        with open(file, "rb") as fh:
+            while block := fh.read(chunk):
+                h.update(block)
     return h.hexdigest()
 
 

@@ -30,6 +30,7 @@ _EXPORTS = {
     "warmup_cosine_schedule": "vissl_lite.schedules",
     "ema_update": "vissl_lite.methods.ema",
     "seed_everything": "vissl_lite.rng",
+    "submit": "vissl_lite.engine.slurm",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -21,6 +21,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import torch
 from omegaconf import OmegaConf
 
+from vissl_lite.engine import dcp
 from vissl_lite.errors import CheckpointError
 from vissl_lite.methods import build_method
 
@@ -44,10 +45,7 @@ def _replacing(path: Path) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, path)
     except OSError as e:
-        raise CheckpointError(
-            f"cannot write checkpoint {path}: {e.strerror or e or type(e).__name__}; the previous "
-            f"checkpoint is intact. Free space on that disk or set output_dir to a writable folder "
-            f"with room, then continue with resume=auto") from None
+        raise dcp.write_error(path, e) from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -88,11 +86,10 @@ def _atomic_link(src: Path, dst: Path) -> None:
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Dict[str, Any]:
     """Read a vissl_lite checkpoint; a clear ``CheckpointError`` if it is missing or not one."""
     path = Path(path)
-    if path.is_dir():
-        for candidate in (path / "checkpoints" / LAST, path / LAST):
-            if candidate.is_file():
-                path = candidate
-                break
+    if path.is_dir() and not dcp.is_sharded(path):
+        path = last_in(path / "checkpoints") or last_in(path) or path
+    if dcp.is_sharded(path):
+        return _checked(_read_sharded(path), path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path} (give a .pt file or a run folder "
                               f"that holds checkpoints/{LAST})")
@@ -110,6 +107,25 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Dict[
         raise CheckpointError(f"cannot read checkpoint {path} ({type(e).__name__}{detail}); the file "
                               f"is truncated or not a vissl_lite checkpoint; use another one, e.g. "
                               f"checkpoints/step_*.pt") from None
+    return _checked(ckpt, path)
+
+
+def _read_sharded(path: Path) -> Dict[str, Any]:
+    try:
+        return dcp.read_full(path)
+    except Exception as e:
+        raise CheckpointError(f"cannot read sharded checkpoint {path} ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200] if str(e) else ''}); use another "
+                              f"one, e.g. checkpoints/step_*.dcp") from None
+
+
+def last_in(folder: Path) -> Optional[Path]:
+    """``last.pt`` or the sharded ``last.dcp`` in ``folder`` (the newer when both are there)."""
+    found = [p for p in (folder / LAST, folder / dcp.LAST) if p.is_file() or dcp.is_sharded(p)]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def _checked(ckpt: Any, path: Path) -> Dict[str, Any]:
     if not isinstance(ckpt, dict) or "format_version" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"{path} is not a vissl_lite checkpoint (no 'format_version'/'model' "
                               f"entries); a plain state_dict belongs in backbone.pretrained_path")
@@ -145,12 +161,11 @@ def find_resume(resume: Optional[str], output_dir: str | os.PathLike) -> Optiona
     if resume in (None, "", "none", "null", False):
         return None
     if str(resume).lower() == "auto":
-        last = Path(output_dir) / "checkpoints" / LAST
-        return last if last.is_file() else None
+        return last_in(Path(output_dir) / "checkpoints")
     path = Path(str(resume))
-    if path.is_dir():
-        path = path / "checkpoints" / LAST if (path / "checkpoints" / LAST).is_file() else path / LAST
-    if not path.is_file():
+    if path.is_dir() and not dcp.is_sharded(path):
+        path = last_in(path / "checkpoints") or last_in(path) or path / LAST
+    if not (path.is_file() or dcp.is_sharded(path)):
         raise CheckpointError(f"resume={resume}: no checkpoint there; give a .pt file, a run folder, "
                               f"or resume=auto to continue {output_dir} when it has one")
     return path

@@ -12,13 +12,18 @@ Each mode splits the trainable parameters into blocks and scales the gradients o
                 ``Method.clip_groups()``
 
 All on the device: one ``torch._foreach_norm`` over the gradients, the coefficients by tensor
-ops, one ``torch._foreach_mul_``; nothing is read back to the host.
+ops, one ``torch._foreach_mul_``; nothing is read back to the host. Under FSDP
+(``train.strategy=fsdp``) each rank holds a shard of every gradient (a ``DTensor``): the norms of
+the local shards are squared, summed over the ranks in one all-reduce and rooted, and each rank
+scales its own shards.
 """
 from __future__ import annotations
 
 from typing import List, Sequence
 
 import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 CLIP_MODES = ("global", "per_param", "per_module")
 
@@ -30,7 +35,15 @@ def clip_gradients(blocks: Sequence[Sequence[torch.nn.Parameter]], max_norm: flo
                                        for block in blocks]
     grads = [g for g in grads if g]
     flat = [g for block in grads for g in block]
+    sharded = isinstance(flat[0], DTensor)
+    if sharded:
+        group = flat[0].device_mesh.get_group()
+        flat = [g.to_local() for g in flat]
     norms = torch.stack(torch._foreach_norm(flat)).float()
+    if sharded:
+        squares = norms.square()
+        dist.all_reduce(squares, group=group)
+        norms = squares.sqrt()
     total = torch.linalg.vector_norm(norms)
     if max_norm <= 0:
         return total

@@ -16,11 +16,13 @@ from torch import nn
 
 from vissl_lite.config import to_dict
 from vissl_lite.data.loader import build_train_loader, train_data_size
+from vissl_lite.engine.act_ckpt import apply_activation_checkpointing
 from vissl_lite.engine.logger import log
 from vissl_lite.engine.optim import build_optimizer, scaled_lr
 from vissl_lite.engine.resume import RUNTIME_STREAM, restore
 from vissl_lite.engine.runtime import Runtime
 from vissl_lite.engine.schedules import ParamScheduler
+from vissl_lite.engine.sharding import resolve_strategy, shard_method
 from vissl_lite.engine.state import TrainState
 from vissl_lite.errors import ConfigError
 from vissl_lite.eval.monitor import OnlineLinearHead, OnlineMonitor
@@ -42,6 +44,7 @@ class Components:
     config_dict: Dict[str, Any]
     monitor: Optional[OnlineMonitor]        # monitor.every_epochs > 0
     online_head: Optional[OnlineLinearHead]  # monitor.online_linear, trained every step
+    strategy: str = "ddp"                   # ddp | fsdp (train.strategy resolved; sharding.py)
 
 
 def build_components(cfg, runtime: Runtime, method: nn.Module, micro_batch: int,
@@ -62,6 +65,10 @@ def build_components(cfg, runtime: Runtime, method: nn.Module, micro_batch: int,
     if t.channels_last:
         method.to(memory_format=torch.channels_last)
     method = sync_batchnorm(method, runtime, t.sync_bn)
+    apply_activation_checkpointing(method, t.activation_checkpointing)
+    strategy = resolve_strategy(t.strategy, method, runtime.world)
+    if strategy == "fsdp" and runtime.world > 1:   # before the optimizer takes the parameters
+        shard_method(method, device, runtime.world, t.precision)
     method.check_data_size(train_data_size(loader))
     method.setup(total_steps, steps_per_epoch)
     method.train()
@@ -79,13 +86,13 @@ def build_components(cfg, runtime: Runtime, method: nn.Module, micro_batch: int,
             monitor = OnlineMonitor(cfg, method, device)
     components = Components(runtime, method, method, optimizer, scheduler, scaler, loader,
                             total_steps, steps_per_epoch, to_dict(cfg), monitor,
-                            monitor.linear_head if monitor is not None else None)
+                            monitor.linear_head if monitor is not None else None, strategy)
     if ckpt is not None:
         state = restore(ckpt, components, cfg)
     else:
         state = TrainState()
         seed_everything(derive_seed(cfg.seed, runtime.rank, RUNTIME_STREAM), cfg.deterministic)
-    components.model = _wrap(method, runtime, t)
+    components.model = _wrap(method, runtime, t, ddp=strategy == "ddp")
     return components, state
 
 
@@ -102,8 +109,8 @@ def sync_batchnorm(method: nn.Module, runtime: Runtime, enabled: bool) -> nn.Mod
     return method
 
 
-def _wrap(method: nn.Module, runtime: Runtime, train_cfg) -> nn.Module:
-    """DDP (several ranks) and ``torch.compile`` around the method.
+def _wrap(method: nn.Module, runtime: Runtime, train_cfg, ddp: bool = True) -> nn.Module:
+    """DDP (several ranks, unless the method is sharded) and ``torch.compile`` around the method.
 
     DDP broadcasts rank 0's buffers when it is built and before every forward; the method's
     per-rank buffers (``Method.per_rank_buffers``, e.g. SwAV's queue) go on DDP's ignore list so
@@ -111,7 +118,7 @@ def _wrap(method: nn.Module, runtime: Runtime, train_cfg) -> nn.Module:
     ``broadcast_buffers=False`` would also stop the broadcast of BatchNorm's running statistics
     (and is deprecated since torch 2.13), so the ignore list is the narrower tool."""
     model: nn.Module = method
-    if runtime.world > 1:
+    if runtime.world > 1 and ddp:
         device = runtime.device
         per_rank = per_rank_buffer_names(method)
         if per_rank:

@@ -38,6 +38,8 @@ class TrainConfig:
     grad_clip_mode: str = "global"    # global | per_param (DINO) | per_module (DINOv2)
     sync_bn: bool = False             # SyncBatchNorm across ranks (GPU only)
     find_unused_parameters: bool = False  # DDP: set when some trainable parameters get no grad
+    activation_checkpointing: str = "none"  # none | blocks | selective (engine/act_ckpt.py)
+    strategy: str = "ddp"             # ddp | fsdp | auto (engine/sharding.py)
     skip_nonfinite: bool = False      # skip non-finite steps instead of stopping (syncs every step)
     max_consecutive_skips: int = 20   # with skip_nonfinite: stop after this many skips in a row
     device: str = "auto"              # auto | cpu | cuda

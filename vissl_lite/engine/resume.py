@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import torch.distributed as dist
 
+from vissl_lite.engine import dcp
 from vissl_lite.engine.checkpoint import (FORMAT_VERSION, check_compatible, find_resume,
                                           load_checkpoint)
 from vissl_lite.engine.logger import log
@@ -31,7 +32,9 @@ _NOT_COMPARED = ("resume", "output_dir", "overwrite", "logger.")
 def find_and_check(cfg, output_dir: Path, world: int) -> Tuple[Optional[Path], Optional[Dict]]:
     """The checkpoint to resume from and its contents, or ``(None, None)`` for a fresh run."""
     path = find_resume(cfg.resume, output_dir)
-    ckpt = load_checkpoint(path) if path is not None else None
+    ckpt = None
+    if path is not None:   # a sharded checkpoint's weights are read after the model is sharded
+        ckpt = dcp.read_extra(path) if dcp.is_sharded(path) else load_checkpoint(path)
     if world > 1:
         _check_ranks_resume_alike(ckpt, world, output_dir)
     if ckpt is not None:
@@ -53,8 +56,10 @@ def _check_ranks_resume_alike(ckpt: Optional[Dict[str, Any]], world: int, output
             f"system every node sees (or give every node resume=PATH to the same file)")
 
 
-def checkpoint_state(c: "Components", state: TrainState, cfg) -> Dict[str, Any]:
-    """The checkpoint dict; called on every rank (the RNG states and per-rank buffers are gathered)."""
+def checkpoint_state(c: "Components", state: TrainState, cfg,
+                     sharded: bool = False) -> Dict[str, Any]:
+    """The checkpoint dict; called on every rank (the RNG states and per-rank buffers are gathered).
+    ``sharded``: without weights and optimizer state, which DCP writes (``engine/dcp.py``)."""
     buffers = dict(c.method.named_buffers())
     own = {"rng": rng_state(), "buffers": {name: buffers[name].detach().cpu()
                                            for name in per_rank_buffer_names(c.method)}}
@@ -69,9 +74,9 @@ def checkpoint_state(c: "Components", state: TrainState, cfg) -> Dict[str, Any]:
         "method": cfg.method.name,
         "backbone": cfg.backbone.name,
         "config": c.config_dict,
-        "model": c.method.state_dict(),
+        **({} if sharded else {"model": c.method.state_dict(),
+                                "optimizer": c.optimizer.state_dict()}),
         "method_state": c.method.extra_state_for_checkpoint(),
-        "optimizer": c.optimizer.state_dict(),
         "scheduler": c.scheduler.state_dict(),
         "scaler": c.scaler.state_dict() if c.scaler is not None else None,
         "online_linear": (None if head is None else
@@ -86,14 +91,20 @@ def checkpoint_state(c: "Components", state: TrainState, cfg) -> Dict[str, Any]:
 def restore(ckpt: Dict[str, Any], c: "Components", cfg) -> TrainState:
     """Load ``ckpt`` into the components and the RNGs; returns the run's state."""
     try:
-        c.method.load_state_dict(ckpt["model"])
+        if "sharded" in ckpt:
+            dcp.load_sharded(ckpt["sharded"], c.method, c.optimizer)
+        elif c.strategy == "fsdp" and c.runtime.world > 1:
+            raise CheckpointError("a checkpoint written under train.strategy=ddp cannot resume a "
+                                  "sharded run; resume it with train.strategy=ddp")
+        else:
+            c.method.load_state_dict(ckpt["model"])
+            c.optimizer.load_state_dict(ckpt["optimizer"])
     except RuntimeError as e:
         raise CheckpointError(f"the checkpoint's weights do not fit this model ({str(e)[:300]}); "
                               f"was the backbone or head config changed since it was written?"
                               ) from None
     c.method.load_extra_state(ckpt.get("method_state", {}))
     _restore_per_rank_buffers(ckpt, c.method, c.runtime.rank, c.runtime.world)
-    c.optimizer.load_state_dict(ckpt["optimizer"])
     c.scheduler.load_state_dict(ckpt.get("scheduler", {}))
     if c.scaler is not None and ckpt.get("scaler"):
         c.scaler.load_state_dict(ckpt["scaler"])

@@ -24,7 +24,7 @@ RUN_FILES = ("checkpoints", "metrics.jsonl", "config.yaml", "curves.png", "wandb
 
 def _holds_checkpoints(output_dir: Path) -> bool:
     folder = output_dir / "checkpoints"
-    return folder.is_dir() and any(folder.glob("*.pt"))
+    return folder.is_dir() and (any(folder.glob("*.pt")) or any(folder.glob("*.dcp")))
 
 
 def _any_rank(value: bool) -> bool:

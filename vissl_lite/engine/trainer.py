@@ -29,10 +29,12 @@ from vissl_lite.engine.checkpoint import BEST, CheckpointManager, atomic_save
 from vissl_lite.engine.clock import CheckpointClock
 from vissl_lite.engine.components import Components, build_components
 from vissl_lite.engine.console import TrainLog
+from vissl_lite.engine.dcp import ShardedCheckpoints
 from vissl_lite.engine.logger import RunLogger, log, setup_console_logging, step_record
 from vissl_lite.engine.resume import checkpoint_state, find_and_check
 from vissl_lite.engine.rundir import prepare_output_dir
 from vissl_lite.engine.runtime import Runtime, describe_batch, micro_batch_size
+from vissl_lite.engine.sharding import gathered
 from vissl_lite.engine.state import TrainState
 from vissl_lite.engine.step import (PendingStep, StepNumbers, StepRunner, non_finite_message,
                                     read_back)
@@ -115,6 +117,8 @@ class Trainer:
         c, self.state = build_components(cfg, runtime, method, micro, ckpt, self.dataset,
                                          self.transform)
         self.components = c
+        if c.strategy == "fsdp":     # every rank writes its shards (engine/dcp.py)
+            self.manager = ShardedCheckpoints(self.manager.folder, cfg.checkpoint.keep_last)
         if runtime.main:
             save_config(cfg, self.output_dir / "config.yaml")
         self.logger = RunLogger(self.output_dir, cfg.logger, c.config_dict, enabled=runtime.main,
@@ -254,7 +258,7 @@ class Trainer:
 
     def _monitor(self, epoch: int) -> Dict[str, float]:
         c = self.components
-        with preserved_rng():
+        with preserved_rng(), gathered(c.method):
             results = c.monitor.run(epoch) or {}
         c.method.train()
         return {k: float(v) for k, v in results.items() if isinstance(v, (int, float))
@@ -262,8 +266,11 @@ class Trainer:
 
     def _save(self, is_best: bool = False, best_only: bool = False) -> None:
         self._drain()
-        state = checkpoint_state(self.components, self.state, self.cfg)  # every rank: RNG gather
-        if self.components.runtime.main:
+        c, sharded = self.components, self.components.strategy == "fsdp"
+        state = checkpoint_state(c, self.state, self.cfg, sharded)  # every rank: RNG gather
+        if sharded:
+            self.manager.save(c.method, c.optimizer, state, self.state.step, is_best, best_only)
+        elif c.runtime.main:
             if best_only:
                 atomic_save(state, self.manager.folder / BEST)
             else:

@@ -118,6 +118,9 @@ class Method(nn.Module):
     #: training_step compiles as one graph (tests/test_step_hygiene.py checks every method), so
     #: ``train.compile=auto`` turns torch.compile on for it on a GPU; set False to opt out
     compile_ok: ClassVar[bool] = True
+    #: why this method cannot train under ``train.strategy=fsdp`` (empty: it can); the engine
+    #: raises it as one line naming the method (``engine/sharding.py``)
+    fsdp_unsupported: ClassVar[str] = ""
 
     def __init__(self, backbone: nn.Module, cfg: Any = None):
         super().__init__()
