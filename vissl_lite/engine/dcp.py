@@ -21,10 +21,12 @@ process without a process group, and ``read_full`` reads it into a plain state d
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -36,6 +38,17 @@ from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from
 
 from vissl_lite import distributed as vdist
 from vissl_lite.errors import CheckpointError
+
+#: DCP's warning on one process (no process group): that is what a single-process run means
+_SINGLE = ".*assuming the intent is to (load|save) in a single process"
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """DCP calls without its one-process warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_SINGLE, category=UserWarning)
+        yield
 
 SUFFIX = ".dcp"
 LAST, BEST = "last" + SUFFIX, "best" + SUFFIX
@@ -58,7 +71,8 @@ def save_sharded(folder: Path, model: nn.Module, optimizer: torch.optim.Optimize
     vdist.barrier()
     weights, optim = get_state_dict(model, optimizer)
     try:
-        dcp.save({"model": weights, "optimizer": optim}, checkpoint_id=str(tmp))
+        with _quiet():
+            dcp.save({"model": weights, "optimizer": optim}, checkpoint_id=str(tmp))
         if main:
             torch.save(extra, tmp / EXTRA)
             if folder.exists():      # the same step written again (a signal at a saved step)
@@ -93,14 +107,16 @@ def load_sharded(folder: str, model: nn.Module, optimizer: torch.optim.Optimizer
     optim["state"] = {name: value for name, value in optim["state"].items()
                       if all(f"optimizer.state.{name}.{key}" in saved for key in value)}
     state = {"model": weights, "optimizer": optim}
-    dcp.load(state, checkpoint_id=folder)
+    with _quiet():
+        dcp.load(state, checkpoint_id=folder)
     set_state_dict(model, optimizer, model_state_dict=state["model"],
                    optim_state_dict=state["optimizer"], options=StateDictOptions(strict=False))
 
 
 def read_full(folder: Path) -> Dict[str, Any]:
     """The whole checkpoint dict with the full (unsharded) weights, read by this process alone."""
-    state = _load_state_dict_from_keys({"model"}, checkpoint_id=str(folder))
+    with _quiet():
+        state = _load_state_dict_from_keys({"model"}, checkpoint_id=str(folder))
     return {**read_extra(folder), "model": state["model"]}
 
 
