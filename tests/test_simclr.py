@@ -68,3 +68,22 @@ def test_simclr_projector_and_step():
     out = method.training_step({"views": views})
     out.loss.backward()
     assert all(p.grad is not None for p in method.parameters())
+
+
+@pytest.mark.parametrize("one_pass", [True, False])
+def test_one_pass_decides_whether_batch_norm_sees_both_views(one_pass):
+    """one_pass: backbone(cat(a, b)), batch norm over both views (the paper's code); otherwise
+    backbone(a) and backbone(b), batch norm per view (lightly's SimCLRModel)."""
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    backbone.num_features = 8
+    method = SimCLR(backbone, {"proj_hidden_dim": 16, "proj_output_dim": 8, "proj_layers": 2,
+                               "one_pass": one_pass})
+    a, b = torch.randn(6, 3, 8, 8), torch.randn(6, 3, 8, 8) * 3 + 1   # views of other statistics
+    loss = method.training_step({"views": [a, b]}).loss
+    f, g = method.backbone, method.projector
+    joint = nt_xent_loss(*g(f(torch.cat([a, b]))).chunk(2), method.cfg.temperature)
+    per_view = nt_xent_loss(g(f(a)), g(f(b)), method.cfg.temperature)
+    torch.testing.assert_close(loss, joint if one_pass else per_view)
+    assert not torch.allclose(joint, per_view, atol=1e-3)
