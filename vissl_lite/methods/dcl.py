@@ -23,14 +23,13 @@ each rank's batch: equal on one process, and 2 ranks equal 1 rank only this way)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from vissl_lite.distributed import gather_with_grad
 from vissl_lite.errors import ConfigError
-from vissl_lite.methods.base import StepOutput
 from vissl_lite.methods.simclr import SimCLR, local_rows
 from vissl_lite.registry import METHODS
 
@@ -43,6 +42,7 @@ class DCLConfig:
     proj_output_dim: int = 128
     proj_layers: int = 2
     proj_last_bn: bool = True
+    one_pass: bool = False            # a backbone pass per view (lightly's DCL/DCLW models)
 
 
 @dataclass
@@ -86,20 +86,12 @@ def dcl_loss(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.1,
 
 @METHODS.register("dcl", help="DCL: NT-Xent without the positive in the denominator (Yeh et al. 2022)")
 class DCL(SimCLR):
-    """SimCLR's backbone, projector and views, one pass per view, with the decoupled loss."""
+    """SimCLR's backbone, projector and views (one_pass=false: a pass per view), DCL's loss."""
 
     Config = DCLConfig
 
     def loss(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
         return dcl_loss(z_a, z_b, self.cfg.temperature)
-
-    def training_step(self, batch: Dict[str, Any]) -> StepOutput:
-        h = [self.backbone(v) for v in batch["views"][:2]]
-        z_a, z_b = (self.projector(x) for x in h)
-        loss = self.loss(z_a, z_b)
-        with torch.no_grad():
-            pos_sim = F.cosine_similarity(z_a.float(), z_b.float(), dim=1).mean()
-        return StepOutput(loss, {"pos_sim": pos_sim}, embedding=h[0].detach())
 
 
 @METHODS.register("dclw", help="DCLW: DCL with von Mises-Fisher weighted positives (Yeh et al. 2022)")
