@@ -18,7 +18,8 @@ Rows, per method, all on the current device (CUDA when present, else CPU, with n
   its CIFAR-10 benchmark builds it minus pytorch-lightning: lightly's transform (SimCLRTransform,
   BYOLTransform, DINOTransform at 32 px, no blur) in a torch DataLoader over the same ImageFolder
   data (read by vissl_lite's ``build_dataset``, so both sides decode the same JPEGs the same way),
-  a torchvision ResNet-18 with the CIFAR stem, lightly's heads and losses, torch SGD, and a plain
+  a torchvision ResNet-18 with the CIFAR stem up to 64 px and the ImageNet stem above (our row
+  gets the same ``backbone.cifar_stem``), lightly's heads and losses, torch SGD, and a plain
   training loop. Only for simclr, barlow_twins and dino with a torchvision ResNet.
 
 Each row runs in its own process, so peak memory is per row: CUDA ``max_memory_allocated`` over
@@ -72,6 +73,7 @@ def our_overrides(job: Dict[str, Any], output_dir: str) -> List[str]:
         o.append(f"data.subset={job['subset']}")
     if job["image_size"]:
         o.append(f"data.image_size={job['image_size']}")
+        o.append(f"backbone.cifar_stem={cifar_stem(job['image_size'])}")
     if job["backbone"]:
         o.append(f"backbone.name={job['backbone']}")
     return o + list(job["overrides"])
@@ -118,14 +120,25 @@ def run_ours(job: Dict[str, Any]) -> Dict[str, Any]:
 
 # --------------------------------------------------------------------------- lightly rows
 
-def _resnet_cifar(name: str) -> torch.nn.Module:
-    """A torchvision ResNet with the CIFAR stem (3x3 stride-1 conv, no max-pool), no classifier."""
+CIFAR_STEM_MAX_SIZE = 64
+
+
+def cifar_stem(size: int) -> bool:
+    """Both rows use the CIFAR stem (3x3 stride-1 conv, no max-pool) up to 64 px and the ImageNet
+    stem (7x7 stride-2 conv and max-pool) above: a CIFAR stem at 224 px would run the first stage
+    at 224x224, which no recipe does."""
+    return size <= CIFAR_STEM_MAX_SIZE
+
+
+def _resnet(name: str, size: int) -> torch.nn.Module:
+    """A torchvision ResNet without its classifier, with the stem ``cifar_stem(size)`` picks."""
     import torchvision
     from torch import nn
 
     net = getattr(torchvision.models, name)()
-    net.conv1 = nn.Conv2d(3, net.conv1.out_channels, 3, 1, 1, bias=False)
-    net.maxpool = nn.Identity()
+    if cifar_stem(size):
+        net.conv1 = nn.Conv2d(3, net.conv1.out_channels, 3, 1, 1, bias=False)
+        net.maxpool = nn.Identity()
     net.num_features = net.fc.in_features
     net.fc = nn.Identity()
     return net
@@ -148,7 +161,7 @@ def lightly_parts(method: str, backbone_name: str, size: int):
     from lightly.transforms.byol_transform import BYOLView1Transform, BYOLView2Transform
 
     norm = {"mean": CIFAR_MEAN, "std": CIFAR_STD}
-    backbone = _resnet_cifar(backbone_name)
+    backbone = _resnet(backbone_name, size)
     dim = backbone.num_features
 
     class TwoView(nn.Module):

@@ -234,3 +234,51 @@ def test_online_linear_head_step_learns_separable_classes_without_read_back():
         assert not set(recorder.ops) & SYNCING
         first = float(stats["online_linear_top1"]) if first is None else first
     assert first < 60.0 and float(stats["online_linear_top1"]) > 95.0
+
+
+class DeepTinyMethod(TinyMethod):
+    """TinyMethod with 12 more parameter tensors in its projector."""
+
+    def __init__(self):
+        super().__init__()
+        self.projector = nn.Sequential(*[m for _ in range(6) for m in (nn.Linear(16, 16), nn.ReLU())],
+                                       nn.Linear(16, 8))
+
+
+def _ops_over_the_bare_step(tmp_path, method_cls) -> int:
+    """aten ops of ``StepRunner.run`` minus those of the same step written by hand (forward,
+    backward, SGD step, zero_grad)."""
+    cfg = _toy.toy_config(tmp_path, "optim.name=sgd", "optim.weight_decay=0")
+    counts = []
+    for by_runner in (True, False):
+        torch.manual_seed(0)
+        method = method_cls()
+        method.setup(100, 10)
+        optimizer = torch.optim.SGD(method.parameters(), lr=0.1, momentum=0.9, foreach=True)
+        runner = StepRunner(method, method, optimizer, ParamScheduler(optimizer, 100, 0, 0.1),
+                            None, cfg.train, torch.device("cpu"), 1, 100,
+                            StopSignal(torch.device("cpu")))
+        batches = _batches()
+        for step in range(2):
+            runner.run(batches, step)
+        with RecordOps() as recorder:
+            if by_runner:
+                runner.run(batches, 2)
+            else:
+                method.training_step(next(batches)).loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        counts.append(len(recorder.ops))
+    return counts[0] - counts[1]
+
+
+def test_the_step_runner_adds_a_few_ops_whatever_the_model_size(tmp_path):
+    """Issue 28 asked what the trainer adds to a step on CPU, where it ran at 0.73x lightly's
+    plain loop. Around the method's forward, backward and optimizer step the runner adds: the
+    loss sum, the detached metrics, one ``_foreach_norm`` for the gradient norm and the packed
+    numbers. That is a fixed handful of ops, not a loop over parameters: the same count for a
+    model with 12 more parameter tensors."""
+    small = _ops_over_the_bare_step(tmp_path / "small", TinyMethod)
+    deep = _ops_over_the_bare_step(tmp_path / "deep", DeepTinyMethod)
+    assert 0 < small <= 20, small
+    assert deep == small

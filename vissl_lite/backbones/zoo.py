@@ -27,11 +27,12 @@ VIT_PATCHES = {4: 32, 8: 32, 16: 224}  # patch size -> the input size it is mean
 
 
 def _resnet_builder(name: str) -> Callable[..., nn.Module]:
-    def build(*, cifar_stem: bool = False, zero_init_residual: bool = False) -> nn.Module:
+    def build(*, cifar_stem: bool = False, zero_init_residual: bool = False,
+              width: int = 64) -> nn.Module:
         from vissl_lite.backbones import resnet
 
         return getattr(resnet, name)(cifar_stem=cifar_stem, name=name,
-                                     zero_init_residual=zero_init_residual)
+                                     zero_init_residual=zero_init_residual, width=width)
 
     build.family = "resnet"
     return build

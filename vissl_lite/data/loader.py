@@ -78,7 +78,7 @@ class CPULoader:
             collate_fn=collate_or_error,
             persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed),
             worker_init_fn=leave_stop_signals_to_the_trainer,
-            prefetch_factor=4 if num_workers > 0 else None)
+            prefetch_factor=2 if num_workers > 0 else None)
 
     def __len__(self) -> int:
         return self.sampler.num_samples // self.batch_size

@@ -72,8 +72,11 @@ class Trainer:
         self._saved_step: Optional[int] = None
         self._consecutive_skips = 0
         self._last_record: Dict[str, Any] = {}
+        self._baseline: Dict[str, float] = {}     # monitor.at_start's numbers
+        self._started = time.perf_counter()
 
     def fit(self) -> Dict[str, Any]:
+        self._started = time.perf_counter()
         setup_console_logging()
         runtime = Runtime.create(self.cfg.train)
         resolved = resolve_auto(self.cfg, runtime.device, custom_data=self.dataset is not None
@@ -180,6 +183,10 @@ class Trainer:
         if skipped:  # data.on_corrupt=skip
             self.logger.info(f"skipped {skipped} unreadable image(s)")
         self.logger.info(f"done: {s.step} steps; checkpoint {self.manager.last}")
+        gain = learning_summary(self._baseline, s.metrics, time.perf_counter() - self._started,
+                                getattr(c.monitor, "num_classes", None))
+        if gain:
+            self.logger.info(gain)
         return {"step": s.step, "epoch": s.epoch, "skipped_steps": s.skipped_steps,
                 "checkpoint": str(self.manager.last), "output_dir": str(self.output_dir),
                 "loss": self._last_record.get("loss"), **s.metrics}
@@ -252,7 +259,7 @@ class Trainer:
 
     def _monitor_at_start(self) -> None:
         """``monitor.at_start``: the encoder at initialisation, the baseline for every later epoch."""
-        results = self._monitor(-1)
+        results = self._baseline = self._monitor(-1)
         self.logger.info(f"before training: {_numbers(results)}")
         self.logger.write({"type": "epoch", "step": 0, "epoch": 0, **results})
 
@@ -287,6 +294,20 @@ class Trainer:
         self.logger.info(f"{stop.name} received: checkpoint written at step {self.state.step} to "
                          f"{self.manager.last}; continue with resume=auto")
         raise SystemExit(stop.exit_code)
+
+
+def learning_summary(baseline: Dict[str, float], final: Dict[str, float], seconds: float,
+                     num_classes: Optional[int]) -> str:
+    """``kNN top-1 30.8% -> 45.2% (+14.4) in 4 min 52 s; chance is 10%``: what the run bought,
+    in one line, when the encoder was measured at initialisation (``monitor.at_start``) and at
+    the end; empty otherwise."""
+    if "knn_top1" not in baseline or "knn_top1" not in final:
+        return ""
+    before, after = baseline["knn_top1"], final["knn_top1"]
+    minutes, secs = divmod(int(round(seconds)), 60)
+    took = f"{minutes} min {secs} s" if minutes else f"{secs} s"
+    chance = f"; chance is {100 / num_classes:.3g}%" if num_classes else ""
+    return f"kNN top-1 {before:.1f}% -> {after:.1f}% ({after - before:+.1f}) in {took}{chance}"
 
 
 def _numbers(results: Dict[str, Any]) -> str:
