@@ -34,18 +34,62 @@ from _common import REPO, command_line, default_data, markdown_table  # noqa: E4
 PRESET = "simclr/quickstart"
 BEGIN, END = "<!-- quickstart-search:begin -->", "<!-- quickstart-search:end -->"
 
-#: name -> (what it tries, overrides on top of the preset). ``preset`` is the preset as shipped.
+#: the quick start before this search (ResNet-18 with the ImageNet stem, temperature 0.5, lr 0.06,
+#: 32-px views, 8 epochs), as overrides on today's preset: the candidates that start from it
+FIRST = ["backbone.cifar_stem=false", "backbone.width=64", "method.temperature=0.5", "optim.lr=0.06",
+         "~augment.global_size", "~augment.global_scale", "train.epochs=8"]
+W16 = ["backbone.cifar_stem=true", "backbone.width=16"]
+T02, PX24 = ["method.temperature=0.2"], ["augment.global_size=24"]
+#: the quick start's run length, data and monitor, for candidates that start from another preset
+SHORT = ["data.subset=5000", "data.num_workers=2", "train.batch_size=128", "train.epochs=8",
+         "checkpoint.every_epochs=0", "monitor.every_epochs=4", "monitor.at_start=true",
+         "monitor.train_subset=5000", "monitor.test_subset=2000"]
+
+#: name -> (what it tries, where it starts, its overrides). It starts from ``preset`` (the preset
+#: as shipped), ``first`` (the preset as shipped plus FIRST) or another preset's name.
 CANDIDATES: Dict[str, tuple] = {
-    "preset": ("the preset as shipped", []),
+    "preset": ("the preset as shipped", "preset", []),
+    "first": ("the quick start before this search: ResNet-18 with the ImageNet stem (8x8 maps "
+              "after it)", "first", []),
+    "cifar_w16": ("CIFAR stem at width 16: the same FLOPs, 32x32 maps in the first stage",
+                  "first", W16),
+    "w16_lr0.3": ("w16 at a 5x higher lr", "first", W16 + ["optim.lr=0.3"]),
+    "w16_t0.2": ("w16 at temperature 0.2", "first", W16 + T02),
+    "w16_lr0.3_t0.2": ("w16, lr 0.3, temperature 0.2", "first", W16 + ["optim.lr=0.3"] + T02),
+    "w16_scale0.2": ("w16, crops of at least 20% of the image", "first",
+                     W16 + ["augment.global_scale=[0.2,1.0]"]),
+    "w16_b64": ("w16, batch 64: twice the steps", "first", W16 + ["train.batch_size=64"]),
+    "w16_t0.1": ("w16 at temperature 0.1", "first", W16 + ["method.temperature=0.1"]),
+    "w16_t0.2_scale0.2": ("w16, temperature 0.2, crops of at least 20%", "first",
+                          W16 + T02 + ["augment.global_scale=[0.2,1.0]"]),
+    "w16_t0.2_lr0.03": ("w16, temperature 0.2, half the lr", "first",
+                        W16 + T02 + ["optim.lr=0.03"]),
+    "w16_t0.2_24px": ("w16, temperature 0.2, views and kNN at 24 px (0.56x the FLOPs)", "first",
+                      W16 + T02 + PX24),
+    "24px_e12": ("w16, temperature 0.2, 24 px, 12 epochs", "first",
+                 W16 + T02 + PX24 + ["train.epochs=12"]),
+    "24px_e12_lr0.03_s0.2": ("as 24px_e12, lr 0.03, crops of at least 20%", "first",
+                             W16 + T02 + PX24 + ["train.epochs=12", "optim.lr=0.03",
+                                                 "augment.global_scale=[0.2,1.0]"]),
+    "16px_e24": ("w16, temperature 0.2, views and kNN at 16 px, 24 epochs", "first",
+                 W16 + T02 + ["augment.global_size=16", "train.epochs=24", "monitor.every_epochs=8"]),
+    "w24_24px_e6": ("width 24 (2.2x the FLOPs of w16), temperature 0.2, 24 px, 6 epochs", "first",
+                    ["backbone.cifar_stem=true", "backbone.width=24"] + T02 + PX24
+                    + ["train.epochs=6", "monitor.every_epochs=3"]),
+    "barlow_w16": ("Barlow Twins (its CIFAR-10 preset) at w16, the quick start's data and length",
+                   "barlow_twins/cifar10_resnet18", W16 + SHORT),
 }
 
 
-def run_candidate(name: str, overrides: List[str], data: str, extra: List[str],
+def run_candidate(name: str, base: str, overrides: List[str], data: str, extra: List[str],
                   workdir: Path) -> Dict[str, Any]:
     """Run one candidate through the CLI; its wall time and the kNN records of its metrics.jsonl."""
     out = workdir / name
-    cmd = [sys.executable, "-m", "vissl_lite.cli", "pretrain", PRESET, f"data.root={data}",
-           f"output_dir={out}", "logger.progress=false", "logger.plot=false", *overrides, *extra]
+    preset = PRESET if base in ("preset", "first") else base
+    overrides = (FIRST if base == "first" else []) + list(overrides)
+    cmd = [sys.executable, "-m", "vissl_lite.cli", "pretrain", preset, f"data.root={data}",
+           f"output_dir={out}", "logger.progress=false", "logger.plot=false", "overwrite=true",
+           *overrides, *extra]
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
@@ -77,16 +121,16 @@ def minutes(seconds: float) -> str:
 def table(results: List[Dict[str, Any]]) -> str:
     rows = []
     for r in results:
-        what, overrides = CANDIDATES.get(r["name"], ("", []))
-        settings = " ".join(overrides) or "-"
+        what, base, overrides = CANDIDATES.get(r["name"], ("", "?", []))
+        settings = " ".join([*overrides, *r.get("extra_overrides", [])]) or "-"
         if "error" in r:
-            rows.append([r["name"], what, settings, "failed", "", "", "", "", ""])
+            rows.append([r["name"], what, base, f"`{settings}`", "failed", "", "", "", "", ""])
             continue
         curve = ", ".join(f"{k:.1f}" for _, k in r["curve"][1:])
-        rows.append([r["name"], what, f"`{settings}`", minutes(r["wall_s"]), f"{r['knn_init']:.1f}",
+        rows.append([r["name"], what, base, f"`{settings}`", minutes(r["wall_s"]), f"{r['knn_init']:.1f}",
                      f"{r['knn_final']:.1f}", f"{r['gain']:+.1f}", curve,
                      f"{r['img_per_s']:.0f}" if r["img_per_s"] else ""])
-    return markdown_table(["candidate", "what it tries", "overrides on simclr/quickstart", "wall",
+    return markdown_table(["candidate", "what it tries", "starts from", "overrides", "wall",
                            "kNN init", "kNN final", "gain", "kNN along the way",
                            "train img/s"], rows)
 
@@ -107,7 +151,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--data", default=default_data(),
                     help="CIFAR-10: a torchvision folder, or the JPEG ImageFolder (dir or .tar.gz)")
     ap.add_argument("--docs", default=None, help="write the table into this docs/benchmarks.md")
-    ap.add_argument("--json", default=None, help="write the raw results here")
+    ap.add_argument("--json", default=None,
+                    help="keep the raw results here: a candidate run again replaces its entry, "
+                         "the others stay, and the table shows them all")
+    ap.add_argument("--table-only", action="store_true",
+                    help="run nothing: write the table of the results kept in --json")
     ap.add_argument("--workdir", default=None, help="keep the runs here (default: a temp dir)")
     ap.add_argument("-o", "--override", dest="overrides", nargs="+", action="extend", default=[],
                     help="extra overrides for every candidate")
@@ -121,14 +169,17 @@ def main(argv=None) -> int:
         raise SystemExit(f"--data {data} does not exist; pass the CIFAR-10 JPEG archive "
                          f"(../shared/datasets/cifar10-jpeg.tar.gz) or a torchvision CIFAR-10 folder")
     cores = os.cpu_count()
-    print(f"{cores} CPU cores; candidates run one at a time: {' '.join(args.candidates)}",
-          flush=True)
+    if args.table_only and not args.json:
+        raise SystemExit("--table-only writes the table of the results kept in --json; name it")
+    candidates = [] if args.table_only else args.candidates
+    print(f"{cores} CPU cores; candidates run one at a time: {' '.join(candidates)}", flush=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="vissl_quickstart_") as tmp:
         workdir = Path(args.workdir or tmp)
-        for name in args.candidates:
+        for name in candidates:
             load = os.getloadavg()[0]
-            result = run_candidate(name, CANDIDATES[name][1], data, args.overrides, workdir)
+            _, base, overrides = CANDIDATES[name]
+            result = run_candidate(name, base, overrides, data, args.overrides, workdir)
             result["load_before"] = load
             results.append(result)
             if "error" in result:
@@ -137,11 +188,19 @@ def main(argv=None) -> int:
                 print(f"{name}: {minutes(result['wall_s'])}, kNN {result['knn_init']:.1f} -> "
                       f"{result['knn_final']:.1f} ({result['gain']:+.1f}); along the way "
                       f"{[k for _, k in result['curve']]}", flush=True)
-    text = (f"`{command_line()}`; {cores} CPU cores, no GPU, one candidate at a time.\n\n"
+    for r in results:
+        r["command"], r["extra_overrides"] = command_line(), args.overrides
+    if args.json:
+        kept = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else []
+        ran = {r["name"] for r in results}
+        results = [r for r in kept if r["name"] not in ran] + results
+        Path(args.json).write_text(json.dumps(results, indent=1))
+        results.sort(key=lambda r: list(CANDIDATES).index(r["name"])
+                     if r["name"] in CANDIDATES else len(CANDIDATES))
+    text = (f"{cores} CPU cores, no GPU, one candidate at a time; "
+            f"`python benchmarks/quickstart_search.py --json ...` wrote every row.\n\n"
             + table(results))
     print("\n" + text)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
     if args.docs:
         write_docs(Path(args.docs), text)
     return 0 if all("error" not in r for r in results) else 1

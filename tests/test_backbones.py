@@ -364,3 +364,25 @@ def test_invalid_vit_options_are_explained():
         build_backbone("vit_tiny_patch4", global_pool="max")
     with pytest.raises(BackboneError, match="pos_embed='rope' is not one of"):
         build_backbone("vit_tiny_patch4", pos_embed="rope")
+
+
+@pytest.mark.parametrize("name,expansion", [("resnet18", 1), ("resnet50", 4)])
+def test_width_scales_every_stage_and_keeps_torchvisions_layout(name, expansion):
+    """backbone.width=w: stages of w, 2w, 4w, 8w channels (x4 in bottlenecks), features 8w x
+    expansion; at 64 the net is torchvision's, parameter for parameter (its state dict loads)."""
+    narrow = build_backbone_from_config({"name": name, "width": 16, "cifar_stem": True,
+                                         "zero_init_residual": True})
+    assert narrow.num_features == 8 * 16 * expansion
+    assert [layer[0].conv1.in_channels for layer in (narrow.layer2, narrow.layer3, narrow.layer4)] \
+        == [16 * expansion, 32 * expansion, 64 * expansion]
+    assert narrow.conv1.kernel_size == (3, 3) and narrow.conv1.out_channels == 16
+    last_bn = "bn2" if expansion == 1 else "bn3"
+    assert all(torch.all(getattr(b, last_bn).weight == 0) for b in narrow.layer1)
+    assert narrow(torch.randn(2, 3, 32, 32)).shape == (2, 8 * 16 * expansion)
+    full = build_backbone_from_config({"name": name, "width": 64})
+    reference = getattr(torchvision.models, name)()
+    reference.fc = torch.nn.Identity()
+    assert {k: v.shape for k, v in full.state_dict().items()} == \
+        {k: v.shape for k, v in reference.state_dict().items()}
+    with pytest.raises((BackboneError, ConfigError), match="width=16 does not apply to vit_tiny_patch4"):
+        build_backbone_from_config({"name": "vit_tiny_patch4", "width": 16})

@@ -36,7 +36,7 @@ def test_a_file_beside_the_config_wins_over_a_preset_of_the_same_name(tmp_path):
     _write(tmp_path / "simclr" / "cifar10_resnet18.yaml", "defaults: [simclr/quickstart]\ntrain: {epochs: 3}\n")
     mine = _write(tmp_path / "mine.yaml", "defaults: [simclr/cifar10_resnet18]\n")
     cfg = load_config(str(mine), require=())
-    assert cfg.train.epochs == 3 and cfg.method.temperature == 0.5  # quickstart's, via the local file
+    assert cfg.train.epochs == 3 and cfg.method.temperature == 0.2  # quickstart's, via the local file
 
 
 def test_a_defaults_entry_that_is_nowhere_says_where_it_looked(tmp_path):

@@ -12,6 +12,7 @@ finished run and a checkpoint handed to another method's preset.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -130,6 +131,10 @@ def test_monitor_at_start_logs_the_baseline_and_leaves_training_unchanged(simclr
     epochs = [r for r in read_records(run) if r["type"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [0, 1] and epochs[0]["step"] == 0
     assert 0.0 <= epochs[0]["knn_top1"] <= 100.0 and epochs[0]["rankme"] >= 1.0
+    before, after = epochs[0]["knn_top1"], epochs[1]["knn_top1"]   # issue 29: the gain, last
+    last = (run / "train.log").read_text().strip().splitlines()[-1]
+    gain = re.escape(f"kNN top-1 {before:.1f}% -> {after:.1f}% ({after - before:+.1f}) in ")
+    assert re.search(gain + r"(\d+ min )?\d+ s; chance is 10%$", last), last
     with_baseline = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
     without = load_checkpoint(simclr_run / "checkpoints" / "last.pt")["model"]
     assert with_baseline.keys() == without.keys()
@@ -190,3 +195,14 @@ def test_another_methods_checkpoint_is_refused(simclr_run, cifar_root, tmp_path,
     assert errors[0].startswith("vissl-lite: error: checkpoint")
     assert "method=simclr" in errors[0] and "method=barlow_twins" in errors[0]
     assert not (fresh / "config.yaml").exists()
+
+
+def test_the_learning_summary_reads_as_one_line():
+    from vissl_lite.engine.trainer import learning_summary
+
+    assert learning_summary({"knn_top1": 30.8}, {"knn_top1": 45.2}, 292.4, 10) == \
+        "kNN top-1 30.8% -> 45.2% (+14.4) in 4 min 52 s; chance is 10%"
+    assert learning_summary({"knn_top1": 30.0}, {"knn_top1": 29.5}, 9.0, 100) == \
+        "kNN top-1 30.0% -> 29.5% (-0.5) in 9 s; chance is 1%"
+    assert learning_summary({}, {"knn_top1": 45.2}, 60.0, 10) == ""        # no baseline (resumed)
+    assert learning_summary({"knn_top1": 30.8}, {"loss": 4.2}, 60.0, 10) == ""  # last epoch unmonitored
