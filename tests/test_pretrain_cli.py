@@ -198,7 +198,7 @@ def test_another_methods_checkpoint_is_refused(simclr_run, cifar_root, tmp_path,
 
 
 def test_the_learning_summary_reads_as_one_line():
-    from vissl_lite.engine.trainer import learning_summary
+    from vissl_lite.engine.console import learning_summary
 
     assert learning_summary({"knn_top1": 30.8}, {"knn_top1": 45.2}, 292.4, 10) == \
         "kNN top-1 30.8% -> 45.2% (+14.4) in 4 min 52 s; chance is 10%"

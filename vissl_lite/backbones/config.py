@@ -11,8 +11,8 @@ class BackboneConfig:
     cifar_stem: bool = False          # ResNets: 3x3 stride-1 first conv and no max-pool (32x32 input)
     zero_init_residual: bool = False  # ResNets: each block's last BN scale starts at 0 (Goyal et al.
     #                                   2017; Barlow Twins, VICReg and MoCo v3 train so)
-    width: int = 64                   # ResNets: channels of the first stage (then 2x, 4x, 8x); 64 is
-    #                                   the standard net, 32 a quarter of its FLOPs (the quick start)
+    width: Optional[int] = None       # ResNets: channels of the first stage (then 2x, 4x, 8x); null =
+    #                                   the standard 64; 16 costs 1/16 of the FLOPs (the quick start)
     img_size: Optional[int] = None    # ViTs: input resolution; null = the data's image size
     drop_path_rate: float = 0.0
     global_pool: str = "avg"          # ViTs: "avg" of patch tokens or "token" (CLS)

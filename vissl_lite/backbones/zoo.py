@@ -28,11 +28,11 @@ VIT_PATCHES = {4: 32, 8: 32, 16: 224}  # patch size -> the input size it is mean
 
 def _resnet_builder(name: str) -> Callable[..., nn.Module]:
     def build(*, cifar_stem: bool = False, zero_init_residual: bool = False,
-              width: int = 64) -> nn.Module:
+              width: Optional[int] = None) -> nn.Module:
         from vissl_lite.backbones import resnet
 
         return getattr(resnet, name)(cifar_stem=cifar_stem, name=name,
-                                     zero_init_residual=zero_init_residual, width=width)
+                                     zero_init_residual=zero_init_residual, width=width or 64)
 
     build.family = "resnet"
     return build
@@ -86,6 +86,8 @@ def options_for(name: str, builder: Callable, options: Mapping[str, Any], error:
     kwargs = {}
     for key, value in options.items():
         if key in accepted:
+            if value is None and defaults.get(key, 0) is None:
+                continue   # left unset: the builder's own default
             kwargs[key] = value
         elif key not in defaults:
             raise error(f"unknown backbone option {key_prefix}{key}; the options are: "

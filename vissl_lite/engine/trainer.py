@@ -28,7 +28,7 @@ from vissl_lite.data.loader import describe_train_data
 from vissl_lite.engine.checkpoint import BEST, CheckpointManager, atomic_save
 from vissl_lite.engine.clock import CheckpointClock
 from vissl_lite.engine.components import Components, build_components
-from vissl_lite.engine.console import TrainLog
+from vissl_lite.engine.console import TrainLog, learning_summary
 from vissl_lite.engine.dcp import ShardedCheckpoints
 from vissl_lite.engine.logger import RunLogger, log, setup_console_logging, step_record
 from vissl_lite.engine.resume import checkpoint_state, find_and_check
@@ -73,7 +73,6 @@ class Trainer:
         self._consecutive_skips = 0
         self._last_record: Dict[str, Any] = {}
         self._baseline: Dict[str, float] = {}     # monitor.at_start's numbers
-        self._started = time.perf_counter()
 
     def fit(self) -> Dict[str, Any]:
         self._started = time.perf_counter()
@@ -183,9 +182,8 @@ class Trainer:
         if skipped:  # data.on_corrupt=skip
             self.logger.info(f"skipped {skipped} unreadable image(s)")
         self.logger.info(f"done: {s.step} steps; checkpoint {self.manager.last}")
-        gain = learning_summary(self._baseline, s.metrics, time.perf_counter() - self._started,
-                                getattr(c.monitor, "num_classes", None))
-        if gain:
+        if gain := learning_summary(self._baseline, s.metrics, time.perf_counter() - self._started,
+                                    getattr(c.monitor, "num_classes", None)):
             self.logger.info(gain)
         return {"step": s.step, "epoch": s.epoch, "skipped_steps": s.skipped_steps,
                 "checkpoint": str(self.manager.last), "output_dir": str(self.output_dir),
@@ -294,20 +292,6 @@ class Trainer:
         self.logger.info(f"{stop.name} received: checkpoint written at step {self.state.step} to "
                          f"{self.manager.last}; continue with resume=auto")
         raise SystemExit(stop.exit_code)
-
-
-def learning_summary(baseline: Dict[str, float], final: Dict[str, float], seconds: float,
-                     num_classes: Optional[int]) -> str:
-    """``kNN top-1 30.8% -> 45.2% (+14.4) in 4 min 52 s; chance is 10%``: what the run bought,
-    in one line, when the encoder was measured at initialisation (``monitor.at_start``) and at
-    the end; empty otherwise."""
-    if "knn_top1" not in baseline or "knn_top1" not in final:
-        return ""
-    before, after = baseline["knn_top1"], final["knn_top1"]
-    minutes, secs = divmod(int(round(seconds)), 60)
-    took = f"{minutes} min {secs} s" if minutes else f"{secs} s"
-    chance = f"; chance is {100 / num_classes:.3g}%" if num_classes else ""
-    return f"kNN top-1 {before:.1f}% -> {after:.1f}% ({after - before:+.1f}) in {took}{chance}"
 
 
 def _numbers(results: Dict[str, Any]) -> str:
