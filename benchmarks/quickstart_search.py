@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, command_line, default_data, markdown_table  # noqa: E402
+from vissl_lite.jsonl import read_jsonl  # noqa: E402
 
 PRESET = "simclr/quickstart"
 BEGIN, END = "<!-- quickstart-search:begin -->", "<!-- quickstart-search:end -->"
@@ -97,17 +98,15 @@ def run_candidate(name: str, base: str, overrides: List[str], data: str, extra: 
     if proc.returncode != 0:
         tail = "\n".join(proc.stdout.strip().splitlines()[-15:])
         return {"name": name, "error": f"exit {proc.returncode}:\n{tail}"}
-    epochs = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-              if r.get("type") == "epoch" and "knn_top1" in r]
-    steps = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-             if r.get("type") == "step" and "img_per_s" in r]
+    records = read_jsonl(out / "metrics.jsonl")
+    epochs = [r for r in records if r.get("type") == "epoch" and "knn_top1" in r]
+    steps = [r for r in records if r.get("type") == "step" and "img_per_s" in r]
     if len(epochs) < 2 or epochs[0]["epoch"] != 0:
         return {"name": name, "error": "no kNN at initialisation and after training "
                                        "(monitor.at_start and monitor.every_epochs)"}
     first, last = epochs[0], epochs[-1]
     return {"name": name, "wall_s": wall, "epochs": last["epoch"],
             "knn_init": first["knn_top1"], "knn_final": last["knn_top1"],
-            "knn_best": max(r["knn_top1"] for r in epochs[1:]),
             "gain": last["knn_top1"] - first["knn_top1"],
             "curve": [(r["epoch"], r["knn_top1"]) for r in epochs],
             "img_per_s": (sorted(r["img_per_s"] for r in steps)[len(steps) // 2] if steps else None),

@@ -33,7 +33,6 @@ class ResNet(_TorchvisionResNet):
         if width != 64:
             self._rebuild_at_width(block, layers, int(width), zero_init_residual)
         self.arch_name = name
-        self.width = int(width)
         self.num_features = self.fc.in_features
         self.fc = nn.Identity()
         self.cifar_stem = cifar_stem
