@@ -70,3 +70,30 @@ def test_projection_mlp_matches_lightly_head_classes(cls, layers):
 def test_vicreg_preset_expander_matches_lightly_vicreg_head(tmp_path):
     ours = preset_method("vicreg", tmp_path).projector
     assert layout(ours) == layout(heads.VICRegProjectionHead(512, 2048, 2048, 3))
+
+
+def test_quickstart_head_and_loss_are_lightlys_at_its_own_settings(tmp_path):
+    """simclr/quickstart: lightly's SimCLRProjectionHead at the width-16 backbone's 128 features,
+    less its last BatchNorm (the card's proj_last_bn deviation; its output Linear then keeps a bias,
+    which lightly drops only because the BatchNorm follows), and lightly's NTXentLoss at the
+    preset's temperature (0.2), value and gradients, on the head's own outputs."""
+    from lightly.loss import NTXentLoss
+
+    from vissl_lite.methods.simclr import nt_xent_loss
+
+    cfg = load_config("simclr/quickstart", [f"data.root={tmp_path}"])
+    torch.manual_seed(0)
+    method = build_method(cfg)
+    theirs = heads.SimCLRProjectionHead(method.backbone.num_features, 512, 128)
+    assert method.backbone.num_features == 128
+    assert layout(method.projector) == layout(theirs)[:-2] + [("Linear", 512 * 128 + 128, True)]
+    z_a, z_b = method.projector(torch.randn(16, 128)), method.projector(torch.randn(16, 128))
+    ours_in = [z.detach().clone().requires_grad_(True) for z in (z_a, z_b)]
+    theirs_in = [z.detach().clone().requires_grad_(True) for z in (z_a, z_b)]
+    ours = nt_xent_loss(*ours_in, cfg.method.temperature)
+    reference = NTXentLoss(temperature=cfg.method.temperature)(*theirs_in)
+    torch.testing.assert_close(ours.double(), reference.double(), rtol=1e-6, atol=1e-8)
+    ours.backward()
+    reference.backward()
+    for a, b in zip(ours_in, theirs_in):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-8)
