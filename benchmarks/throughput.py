@@ -39,6 +39,7 @@ import argparse
 import copy
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -58,6 +59,21 @@ CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
 
 
 # --------------------------------------------------------------------------- vissl_lite rows
+
+def process_usage() -> List[float]:
+    """[user CPU s, system CPU s, minor page faults] of this (the training) process so far: the
+    per-step split of where the main process spends its time, beside the wall-clock marks."""
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return [u.ru_utime, u.ru_stime, float(u.ru_minflt)]
+
+
+def usage_per_step(usage: List[List[float]]) -> Dict[str, float]:
+    """Mean user / system CPU seconds and minor page faults per timed step."""
+    steps = max(len(usage) - 1, 1)
+    user, system, faults = (usage[-1][k] - usage[0][k] for k in range(3))
+    return {"user_s_per_step": user / steps, "sys_s_per_step": system / steps,
+            "minflt_per_step": faults / steps}
+
 
 def our_overrides(job: Dict[str, Any], output_dir: str) -> List[str]:
     """Config overrides that turn a method's CIFAR-10 preset into one throughput measurement."""
@@ -89,6 +105,7 @@ def run_ours(job: Dict[str, Any]) -> Dict[str, Any]:
         keeps the Trainer's own overlap of host and device work."""
 
         marks: List[float] = []
+        usage: List[List[float]] = []
 
         def _step(self, batches):
             stats = super()._step(batches)
@@ -96,6 +113,7 @@ def run_ours(job: Dict[str, Any]) -> Dict[str, Any]:
             if len(self.marks) + 1 in (job["warmup"], self.components.total_steps):
                 sync(device)
             self.marks.append(time.perf_counter())
+            self.usage.append(process_usage())
             if len(self.marks) == job["warmup"]:
                 reset_peak_memory(device)
             return stats
@@ -103,7 +121,7 @@ def run_ours(job: Dict[str, Any]) -> Dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="vissl_throughput_") as out:
         cfg = load_config(preset(job["method"]), our_overrides(job, out))
         trainer = TimedTrainer(cfg)
-        trainer.marks = []
+        trainer.marks, trainer.usage = [], []
         trainer.fit()
         device = trainer.components.runtime.device
         marks = trainer.marks
@@ -115,7 +133,8 @@ def run_ours(job: Dict[str, Any]) -> Dict[str, Any]:
         return {"images_per_s": timed * cfg.train.batch_size / seconds, "seconds": seconds,
                 "timed_steps": timed, "peak_gb": peak_memory_gb(device),
                 "backbone": cfg.backbone.name, "device": str(device),
-                "step_marks": marks[job["warmup"] - 1:]}
+                "step_marks": marks[job["warmup"] - 1:],
+                **usage_per_step(trainer.usage[job["warmup"] - 1:])}
 
 
 # --------------------------------------------------------------------------- lightly rows
@@ -258,7 +277,7 @@ def run_lightly(job: Dict[str, Any]) -> Dict[str, Any]:
 
     batches = iter(loader)
     total = job["warmup"] + job["steps"]
-    start, marks = None, []
+    start, marks, usage = None, [], []
     model.train()
     for i in range(total):
         try:
@@ -280,14 +299,17 @@ def run_lightly(job: Dict[str, Any]) -> Dict[str, Any]:
             start = time.perf_counter()
         if i >= job["warmup"] - 1:
             marks.append(time.perf_counter())
+            usage.append(process_usage())
     sync(device)
     marks[-1] = time.perf_counter()
+    usage[-1] = process_usage()
     seconds = time.perf_counter() - start
     if not torch.isfinite(loss.detach()).item():
         raise SystemExit(f"lightly baseline: non-finite loss {loss.item()}")
     return {"images_per_s": job["steps"] * job["batch_size"] / seconds, "seconds": seconds,
             "timed_steps": job["steps"], "peak_gb": peak_memory_gb(device),
-            "backbone": job["backbone"] or "resnet18", "device": str(device), "step_marks": marks}
+            "backbone": job["backbone"] or "resnet18", "device": str(device), "step_marks": marks,
+            **usage_per_step(usage)}
 
 
 # --------------------------------------------------------------------------- driver
@@ -404,7 +426,9 @@ def main(argv=None) -> int:
                     print(f"{method} / {path}: FAILED\n{r['error']}", file=sys.stderr, flush=True)
                 else:
                     print(f"{method:<14}{path:<9}{r['images_per_s']:>10,.1f} img/s  "
-                          f"{r['peak_gb']:.2f} GB  ({r['wall_s']:.0f} s)", flush=True)
+                          f"{r['peak_gb']:.2f} GB  ({r['wall_s']:.0f} s); main process per "
+                          f"step: {r['user_s_per_step']:.2f} s user, {r['sys_s_per_step']:.2f} s "
+                          f"sys, {r['minflt_per_step']:,.0f} minor faults", flush=True)
         method_rows = {path: summarize(rs) for path, rs in runs.items()}
         ref = method_rows.get("lightly", {}).get("images_per_s")
         for path, r in method_rows.items():

@@ -27,13 +27,15 @@ def values(cfg):
 def test_cpu_gives_todays_values():
     out = resolve_auto(auto_config(), CPU)
     assert values(out) == {"train.precision": "fp32", "train.channels_last": False,
-                           "train.compile": False, "augment.path": "cpu", "data.num_workers": 2}
+                           "train.compile": False, "augment.path": "cpu", "data.num_workers": 2,
+                           "train.reuse_host_memory": True}
 
 
 def test_a_gpu_gives_the_fast_values():
     out = resolve_auto(auto_config(), H100)
     assert values(out) == {"train.precision": "bf16", "train.channels_last": True,
-                           "train.compile": True, "augment.path": "gpu", "data.num_workers": 12}
+                           "train.compile": True, "augment.path": "gpu", "data.num_workers": 12,
+                           "train.reuse_host_memory": False}
     vit = resolve_auto(auto_config("mae", "backbone.name=vit_tiny_patch4"), H100)
     assert vit.train.channels_last is False and vit.train.compile is True  # channels_last: convnets
 
@@ -56,7 +58,7 @@ def test_gpu_without_bf16_or_memory_or_known_size_falls_back():
 def test_explicit_values_are_kept_and_the_input_is_not_modified():
     cfg = default_config("simclr", ["train.precision=fp16", "train.channels_last=false",
                                     "train.compile=true", "augment.path=cpu",
-                                    "data.num_workers=3"])
+                                    "data.num_workers=3", "train.reuse_host_memory=false"])
     out = resolve_auto(cfg, H100)
     assert values(out) == values(cfg) and describe_auto(cfg, out) == ""
     auto = auto_config()
@@ -70,7 +72,8 @@ def test_base_presets_say_auto_and_bad_values_are_refused():
     cfg = load_config(REPO / "configs/simclr/cifar10_resnet18.yaml", require=())
     assert all(OmegaConf.select(cfg, k) == "auto" for k in AUTO_KEYS)
     for key, bad in (("train.precision", "fast"), ("train.channels_last", "maybe"),
-                     ("data.num_workers", "many"), ("augment.path", "tpu")):
+                     ("data.num_workers", "many"), ("augment.path", "tpu"),
+                       ("train.reuse_host_memory", "sometimes")):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             default_config("simclr", [f"{key}={bad}"])
     assert default_config("simclr", ["train.compile=true"]).train.compile is True

@@ -2,22 +2,26 @@
 
     resolve_auto(cfg, device) -> cfg with every ``auto`` replaced by a concrete value
 
-=======================  ==============================================  ========================
-key                      on CUDA                                         on CPU (today's values)
-=======================  ==============================================  ========================
-``train.precision``      ``bf16`` where the GPU supports it, else fp32   ``fp32``
-``train.channels_last``  ``true`` for convolutional backbones (ResNet)   ``false``
-``train.compile``        ``true`` when the method's ``compile_ok`` is    ``false``
-                         set (its step compiles as one graph; tests/
-                         test_step_hygiene.py checks every method)
-``augment.path``         ``gpu`` when the training split as uint8         ``cpu``
-                         (N x 3 x H x W bytes) fits in a quarter of the
-                         free GPU memory and half the host memory; else
-                         ``cpu``. N is ``data.subset``, the known size of
-                         a torchvision data set, or ``num_images``; an
-                         unknown size (a folder) stays on ``cpu``.
-``data.num_workers``     cores per local rank, at most 12                cores, at most 4
-=======================  ==============================================  ========================
+===========================  ==============================================  =======================
+key                          on CUDA                                         on CPU (today's values)
+===========================  ==============================================  =======================
+``train.precision``          ``bf16`` where the GPU supports it, else fp32   ``fp32``
+``train.channels_last``      ``true`` for convolutional backbones (ResNet)   ``false``
+``train.compile``            ``true`` when the method's ``compile_ok`` is    ``false``
+                             set (its step compiles as one graph; tests/
+                             test_step_hygiene.py checks every method)
+``augment.path``             ``gpu`` when the training split as uint8         ``cpu``
+                             (N x 3 x H x W bytes) fits in a quarter of the
+                             free GPU memory and half the host memory; else
+                             ``cpu``. N is ``data.subset``, the known size of
+                             a torchvision data set, or ``num_images``; an
+                             unknown size (a folder) stays on ``cpu``.
+``data.num_workers``         cores per local rank, at most 12                cores, at most 4
+``train.reuse_host_memory``  ``false`` (the step does not run on host      ``true`` (glibc: the
+                             memory)                                         memory a step frees is
+                                                                             reused; engine/
+                                                                             host_memory.py)
+===========================  ==============================================  =======================
 
 A custom data set or transform handed to the Trainer (``custom_data=True``) keeps the CPU path.
 The function is pure given a :class:`DeviceInfo` (tests pass a fake one); ``device_info`` reads
@@ -39,7 +43,7 @@ from vissl_lite.registry import BACKBONES, METHODS
 AUTO = "auto"
 #: the keys that may be ``auto``
 AUTO_KEYS = ("train.precision", "train.channels_last", "train.compile", "augment.path",
-             "data.num_workers")
+             "data.num_workers", "train.reuse_host_memory")
 #: training-split sizes of the data sets whose size the config alone tells
 KNOWN_TRAIN_SIZES = {("cifar10", "train"): 50_000, ("cifar100", "train"): 50_000,
                      ("stl10", "train"): 5_000, ("stl10", "unlabeled"): 100_000,
@@ -133,6 +137,8 @@ def resolve_auto(cfg: DictConfig, device: torch.device | str | DeviceInfo, *,
     if _is_auto(get("data.num_workers")):
         per_rank = max(1, info.cpu_count // max(1, info.local_world_size))
         values["data.num_workers"] = min(per_rank, 12 if cuda else 4)
+    if _is_auto(get("train.reuse_host_memory")):
+        values["train.reuse_host_memory"] = not cuda
 
     return with_values(cfg, values)
 

@@ -64,6 +64,7 @@ CHOICES = {
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "train.channels_last": ("auto", True, False),
     "train.compile": ("auto", True, False),
+    "train.reuse_host_memory": ("auto", True, False),
     "data.num_workers": ("auto", int),
     "train.device": ("auto", "cpu", "cuda"),
     "augment.path": ("auto", "cpu", "gpu"),

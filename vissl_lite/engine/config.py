@@ -43,6 +43,8 @@ class TrainConfig:
     skip_nonfinite: bool = False      # skip non-finite steps instead of stopping (syncs every step)
     max_consecutive_skips: int = 20   # with skip_nonfinite: stop after this many skips in a row
     device: str = "auto"              # auto | cpu | cuda
+    reuse_host_memory: Any = "auto"   # auto | true | false: keep freed memory for the next step
+    #                                   (CPU training; engine/host_memory.py)
     log_every: int = 10
 
 

@@ -140,3 +140,8 @@ def learning_summary(baseline: Dict[str, float], final: Dict[str, float], second
     took = f"{minutes} min {secs} s" if minutes else f"{secs} s"
     chance = f"; chance is {100 / num_classes:.3g}%" if num_classes else ""
     return f"kNN top-1 {before:.1f}% -> {after:.1f}% ({after - before:+.1f}) in {took}{chance}"
+
+
+def epoch_numbers(results: Dict[str, Any]) -> str:
+    """``loss 4.673, knn_top1 33.3, ...``: an epoch's numbers as the console shows them."""
+    return ", ".join(f"{k} {v:.4g}" for k, v in results.items())

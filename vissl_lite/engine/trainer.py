@@ -5,10 +5,11 @@
 checkpoint to continue from), then loops over epochs and optimizer steps (``step.py``). Around
 the steps the loop reads their numbers back in batches (at log steps, before a checkpoint and at
 the end of an epoch), logs them (``logger.py``; the printed lines also go to ``train.log``,
-``console.py``), runs the online monitor at the end of an epoch,
-writes checkpoints (``checkpoint.py``; ``best.pt`` follows a monitor metric; ``clock.py``: every
-``checkpoint.every_minutes``), and stops cleanly on SIGINT/SIGTERM/SIGUSR1 (``stop.py``) or a
-non-finite loss. The trainer never names a method.
+``console.py``), runs the online monitor at the end of an epoch, writes checkpoints
+(``checkpoint.py``; ``best.pt`` follows a monitor metric; ``clock.py``: every
+``checkpoint.every_minutes``), stops cleanly on SIGINT/SIGTERM/SIGUSR1 (``stop.py``) or a
+non-finite loss, and on CPU keeps freed memory for the next step (``host_memory.py``). The trainer
+never names a method.
 """
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ from vissl_lite.data.loader import describe_train_data
 from vissl_lite.engine.checkpoint import BEST, CheckpointManager, atomic_save
 from vissl_lite.engine.clock import CheckpointClock
 from vissl_lite.engine.components import Components, build_components
-from vissl_lite.engine.console import TrainLog, learning_summary
+from vissl_lite.engine.console import TrainLog, epoch_numbers, learning_summary
 from vissl_lite.engine.dcp import ShardedCheckpoints
+from vissl_lite.engine.host_memory import reused_host_memory
 from vissl_lite.engine.logger import RunLogger, log, setup_console_logging, step_record
 from vissl_lite.engine.resume import checkpoint_state, find_and_check
 from vissl_lite.engine.rundir import prepare_output_dir
@@ -81,7 +83,8 @@ class Trainer:
         resolved = resolve_auto(self.cfg, runtime.device, custom_data=self.dataset is not None
                                 or self.transform is not None)   # `auto` values, for this device
         auto_summary, self.cfg = describe_auto(self.cfg, resolved), resolved
-        with StopSignal(runtime.device) as stop:
+        with (StopSignal(runtime.device) as stop,
+              reused_host_memory(resolved.train.reuse_host_memory)):
             try:
                 self._build(runtime, stop)
                 if auto_summary:
@@ -244,7 +247,7 @@ class Trainer:
         if self.components.monitor is not None and (epoch + 1) % cfg.monitor.every_epochs == 0:
             results.update(self._monitor(epoch))
         s.metrics = results
-        self.logger.info(f"epoch {epoch + 1}: {_numbers(results)}")
+        self.logger.info(f"epoch {epoch + 1}: {epoch_numbers(results)}")
         self.logger.write({"type": "epoch", "step": s.step, "epoch": epoch + 1,
                            **{("epoch_loss" if k == "loss" else k): v for k, v in results.items()}})
         is_best = cfg.checkpoint.save_best and s.improve_best(cfg.checkpoint.best_metric, results)
@@ -258,7 +261,7 @@ class Trainer:
     def _monitor_at_start(self) -> None:
         """``monitor.at_start``: the encoder at initialisation, the baseline for every later epoch."""
         results = self._baseline = self._monitor(-1)
-        self.logger.info(f"before training: {_numbers(results)}")
+        self.logger.info(f"before training: {epoch_numbers(results)}")
         self.logger.write({"type": "epoch", "step": 0, "epoch": 0, **results})
 
     def _monitor(self, epoch: int) -> Dict[str, float]:
@@ -292,8 +295,3 @@ class Trainer:
         self.logger.info(f"{stop.name} received: checkpoint written at step {self.state.step} to "
                          f"{self.manager.last}; continue with resume=auto")
         raise SystemExit(stop.exit_code)
-
-
-def _numbers(results: Dict[str, Any]) -> str:
-    """``loss 4.673, knn_top1 33.3, ...``: an epoch's numbers as the console shows them."""
-    return ", ".join(f"{k} {v:.4g}" for k, v in results.items())
