@@ -67,12 +67,14 @@ def process_usage() -> List[float]:
     return [u.ru_utime, u.ru_stime, float(u.ru_minflt)]
 
 
-def usage_per_step(usage: List[List[float]]) -> Dict[str, float]:
-    """Mean user / system CPU seconds and minor page faults per timed step."""
+def usage_per_step(usage: List[List[float]]) -> Dict[str, Any]:
+    """Mean user / system CPU seconds and minor page faults per timed step (and the faults of
+    each step, in the JSON)."""
     steps = max(len(usage) - 1, 1)
     user, system, faults = (usage[-1][k] - usage[0][k] for k in range(3))
     return {"user_s_per_step": user / steps, "sys_s_per_step": system / steps,
-            "minflt_per_step": faults / steps}
+            "minflt_per_step": faults / steps,
+            "minflt_steps": [int(b[2] - a[2]) for a, b in zip(usage, usage[1:])]}
 
 
 def our_overrides(job: Dict[str, Any], output_dir: str) -> List[str]:

@@ -6,17 +6,19 @@ blocks above its mmap threshold (dynamic, at most 32 MB) with fresh ``mmap`` pag
 unmaps again, and gives the free top of its heap back to the kernel past its trim threshold. The
 next step then faults the same memory back in as zeroed pages, in the kernel, on the training
 process's own time. Measured (issue 28, ``benchmarks/throughput.py`` on a 2-core machine, SimCLR
-ResNet-18 batch 128 at 32 px): 600,000 minor page faults and 1.7 s of system time per 5.3 s step.
-lightly's loop, by the luck of its heap layout, faulted half as much, and ran at 1.17x our speed.
+ResNet-18 batch 128 at 32 px, docs/benchmarks.md): 570,000 minor page faults and 0.9 s of system
+time per 4.1 s step.
 
 ``reused_host_memory(True)`` serves every block from the heap (``M_MMAP_MAX=0``) and never trims
-it (``M_TRIM_THRESHOLD``), so freed activations are reused by the next step: about 3,000 faults
-and 0.04 s of system time per step, 33.5 against 24.3 images/s end to end, for 5% more peak
-resident memory (the heap keeps its largest size until the run ends). PyTorch's CPU performance
-guide gets the same effect by preloading jemalloc or tcmalloc; ``mallopt`` needs neither an
-install nor ``LD_PRELOAD``. On leaving, glibc's defaults are put back and the held memory is
-returned (``malloc_trim``), so a script or a test session that trains in-process keeps its usual
-allocator afterwards. DataLoader workers forked during the run inherit the setting.
+it (``M_TRIM_THRESHOLD``), so freed activations are reused by the next step: under 3,500 faults
+and 0.03 s of system time per step, 34.8 against 31.1 images/s end to end (medians of 3 and 2
+runs), for 5% more peak resident memory at 32 px and 22% at 224 px (the heap keeps its largest
+size until the run ends). PyTorch's CPU performance guide gets the same effect by preloading
+jemalloc or tcmalloc; ``mallopt`` needs neither an install nor ``LD_PRELOAD``. On leaving,
+glibc's default values are put back (its dynamic adjustment of the thresholds stays off) and the
+held memory is returned (``malloc_trim``), so a script or a test session that trains in-process
+keeps its usual allocator afterwards. DataLoader workers forked during the run inherit the
+setting.
 
 Only glibc's ``mallopt`` has these meanings; elsewhere (macOS, musl) this does nothing.
 """
