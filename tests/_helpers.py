@@ -206,3 +206,20 @@ def real_cifar_losses(method, images: torch.Tensor, steps: int, batch: int, lr: 
         method.on_step_end(step, steps)
         losses.append(loss.item())
     return losses
+
+
+def assert_same_value_and_grads(ours_fn: Callable, theirs_fn: Callable, inputs, value_tol=None,
+                                grad_tol=None):
+    """``ours_fn(*a) == theirs_fn(*b)`` and ``d/da == d/db``, where ``a`` and ``b`` are separate
+    leaf copies of ``inputs``: a loss equal to a reference (lightly's, the official code's) in its
+    value and in the gradient of every input. ``*_tol``: ``assert_close``'s rtol/atol. Returns
+    ``(a, b)`` for further checks on the gradients."""
+    ours_in = [x.detach().clone().requires_grad_(True) for x in inputs]
+    theirs_in = [x.detach().clone().requires_grad_(True) for x in inputs]
+    ours, theirs = ours_fn(*ours_in), theirs_fn(*theirs_in)
+    torch.testing.assert_close(ours, theirs.reshape(ours.shape), **(value_tol or {}))
+    ours.backward()
+    theirs.backward()
+    for a, b in zip(ours_in, theirs_in):
+        torch.testing.assert_close(a.grad, b.grad, **(grad_tol or {}))
+    return ours_in, theirs_in

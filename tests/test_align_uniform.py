@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _helpers import assert_same_value_and_grads
 from _je import (assert_one_graph, assert_ranks_match_full, lightly_module, loss_on_ranks,
                  one_training_step)
 from vissl_lite.methods.align_uniform import align_uniform_loss
@@ -40,15 +41,8 @@ def test_loss_equals_lightlys_hypersphere_loss(t, lam, alpha):
     theirs_fn = lightly_module("loss.hypersphere_loss").HypersphereLoss(t=t, lam=lam, alpha=alpha)
     g = torch.Generator().manual_seed(3)
     z_a, z_b = torch.randn(16, 8, generator=g), torch.randn(16, 8, generator=g)
-    ours_in = [z_a.clone().requires_grad_(True), z_b.clone().requires_grad_(True)]
-    theirs_in = [z_a.clone().requires_grad_(True), z_b.clone().requires_grad_(True)]
-    ours = align_uniform_loss(*ours_in, alpha, t, 1.0, lam)[0]
-    theirs = theirs_fn(*theirs_in)
-    ours.backward()
-    theirs.backward()
-    torch.testing.assert_close(ours, theirs)
-    for o, r in zip(ours_in, theirs_in):
-        torch.testing.assert_close(o.grad, r.grad)
+    assert_same_value_and_grads(lambda a, b: align_uniform_loss(a, b, alpha, t, 1.0, lam)[0],
+                                theirs_fn, [z_a, z_b])
 
 
 def _loss(z_a, z_b):

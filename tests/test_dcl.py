@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _helpers import assert_same_value_and_grads
 from _je import (assert_one_graph, assert_ranks_match_full, head_layout, lightly_module,
                  loss_on_ranks, one_training_step)
 from vissl_lite.config import load_config
@@ -49,14 +50,7 @@ def test_dcl_equals_lightly_values_and_gradients(sigma):
                  else loss_mod.DCLWLoss(temperature=0.1, sigma=sigma))
     g = torch.Generator().manual_seed(1)
     z_a, z_b = torch.randn(16, 8, generator=g), torch.randn(16, 8, generator=g)
-    ours_in = [z_a.clone().requires_grad_(True), z_b.clone().requires_grad_(True)]
-    theirs_in = [z_a.clone().requires_grad_(True), z_b.clone().requires_grad_(True)]
-    ours, theirs = dcl_loss(*ours_in, 0.1, sigma), theirs_fn(*theirs_in)
-    ours.backward()
-    theirs.backward()
-    torch.testing.assert_close(ours, theirs)
-    for o, t in zip(ours_in, theirs_in):
-        torch.testing.assert_close(o.grad, t.grad)
+    assert_same_value_and_grads(lambda a, b: dcl_loss(a, b, 0.1, sigma), theirs_fn, [z_a, z_b])
 
 
 def _dclw(z_a, z_b):

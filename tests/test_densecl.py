@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _helpers import tiny_method, views_batch
+from _helpers import assert_same_value_and_grads, tiny_method, views_batch
 from _je import assert_ranks_match_full, head_layout, lightly_module, loss_on_ranks
 from vissl_lite.config import load_config
 from vissl_lite.errors import ConfigError
@@ -49,16 +49,10 @@ def test_loss_equals_the_official_formulas_in_values_and_gradients():
     unit = lambda *shape: F.normalize(torch.randn(*shape, generator=g), dim=1)  # noqa: E731
     q, k, q_grid, k_grid = unit(N, D), unit(N, D), unit(N, D, S), unit(N, D, S)
     queue, queue2 = unit(K, D), unit(K, D)
-    ours_in = [q.clone().requires_grad_(True), q_grid.clone().requires_grad_(True)]
-    theirs_in = [q.clone().requires_grad_(True), q_grid.clone().requires_grad_(True)]
     match = dense_correspondence(q_b, k_b)
-    ours, _, _ = densecl_loss(ours_in[0], k, ours_in[1], k_grid, match, queue, queue2, T, LAMBDA)
-    theirs = _official(q_b, k_b, theirs_in[0], k, theirs_in[1], k_grid, queue.T, queue2.T)
-    torch.testing.assert_close(ours, theirs)
-    ours.backward()
-    theirs.backward()
-    for o, t in zip(ours_in, theirs_in):
-        torch.testing.assert_close(o.grad, t.grad)
+    assert_same_value_and_grads(
+        lambda q_, g_: densecl_loss(q_, k, g_, k_grid, match, queue, queue2, T, LAMBDA)[0],
+        lambda q_, g_: _official(q_b, k_b, q_, k, g_, k_grid, queue.T, queue2.T), [q, q_grid])
 
 
 def test_step_matches_cells_by_backbone_features_and_pushes_keys_after_use():

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from _helpers import assert_same_value_and_grads
 from _je import (assert_one_graph, assert_ranks_match_full, lightly_module, loss_on_ranks,
                  one_training_step)
 from vissl_lite.methods.frossl import frossl_loss
@@ -39,14 +40,9 @@ def test_loss_equals_lightlys_frossl_loss(n, d, k):
     theirs_fn = lightly_module("loss").FroSSLLoss(invariance_weight=2.0)
     g = torch.Generator().manual_seed(n)
     views = [torch.randn(n, d, generator=g) for _ in range(k)]
-    ours_in = [v.clone().requires_grad_(True) for v in views]
-    theirs_in = [v.clone().requires_grad_(True) for v in views]
-    ours, theirs = frossl_loss(ours_in, 2.0)[0], theirs_fn(theirs_in)
-    ours.backward()
-    theirs.backward()
-    torch.testing.assert_close(ours, theirs)
-    for o, r in zip(ours_in, theirs_in):
-        torch.testing.assert_close(o.grad, r.grad, rtol=1e-4, atol=1e-6)
+    assert_same_value_and_grads(lambda *v: frossl_loss(list(v), 2.0)[0],
+                                lambda *v: theirs_fn(list(v)), views,
+                                grad_tol=dict(rtol=1e-4, atol=1e-6))
 
 
 def _loss(a, b):

@@ -13,6 +13,7 @@ lightly_loss = pytest.importorskip("lightly.loss", reason="lightly not installed
                                                           "pip install --no-deps --target .oracles "
                                                           "'lightly==1.6.*')")
 
+from _helpers import assert_same_value_and_grads as shared_assert_same  # noqa: E402
 from vissl_lite.methods.barlow_twins import barlow_twins_loss  # noqa: E402
 from vissl_lite.methods.dino import dino_loss, update_center  # noqa: E402
 from vissl_lite.methods.simclr import nt_xent_loss  # noqa: E402
@@ -24,14 +25,9 @@ def _leaves(*shapes, seed=0):
 
 
 def assert_same_value_and_grads(ours_fn, theirs_fn, inputs):
-    ours_in = [x.detach().clone().requires_grad_(True) for x in inputs]
-    theirs_in = [x.detach().clone().requires_grad_(True) for x in inputs]
-    ours, theirs = ours_fn(*ours_in), theirs_fn(*theirs_in)
-    torch.testing.assert_close(ours.double(), theirs.double(), rtol=1e-6, atol=1e-8)
-    ours.backward()
-    theirs.backward()
-    for a, b in zip(ours_in, theirs_in):
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-8)
+    """Values to 1e-6 and gradients to 1e-5 relative, both sides compared in float64."""
+    shared_assert_same(lambda *x: ours_fn(*x).double(), lambda *x: theirs_fn(*x).double(), inputs,
+                       value_tol=dict(rtol=1e-6, atol=1e-8), grad_tol=dict(rtol=1e-5, atol=1e-8))
 
 
 @pytest.mark.parametrize("temperature", [0.1, 0.5])

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _helpers import tiny_method
+from _helpers import assert_same_value_and_grads, tiny_method
 from _je import (assert_one_graph, assert_ranks_match_full, head_layout, lightly_module,
                  loss_on_ranks, one_training_step)
 from vissl_lite.config import load_config
@@ -50,16 +50,10 @@ def test_loss_equals_lightlys_nnclr_benchmark_loss():
     crit = lightly_module("loss").NTXentLoss()
     g = torch.Generator().manual_seed(2)
     inputs = [torch.randn(8, 5, generator=g, dtype=torch.float64) for _ in range(4)]
-    ours_in = [x.clone().requires_grad_(True) for x in inputs]
-    theirs_in = [x.clone().requires_grad_(True) for x in inputs]
-    ours = _nnclr_loss(*ours_in)
-    a, b, c, d = theirs_in
-    theirs = 0.5 * (crit(a.float(), d.float()) + crit(b.float(), c.float()))
-    torch.testing.assert_close(ours.double(), theirs.double(), rtol=1e-5, atol=1e-6)
-    ours.backward()
-    theirs.backward()
-    for o, t in zip(ours_in, theirs_in):
-        torch.testing.assert_close(o.grad, t.grad, rtol=1e-4, atol=1e-6)
+    assert_same_value_and_grads(
+        lambda *x: _nnclr_loss(*x).double(),
+        lambda a, b, c, d: 0.5 * (crit(a.float(), d.float()) + crit(b.float(), c.float())).double(),
+        inputs, value_tol=dict(rtol=1e-5, atol=1e-6), grad_tol=dict(rtol=1e-4, atol=1e-6))
 
 
 def test_loss_gathered_over_two_ranks_equals_full_batch(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _helpers import tiny_method, views_batch
+from _helpers import assert_same_value_and_grads, tiny_method, views_batch
 from _je import assert_one_graph, assert_ranks_match_full, lightly_module, loss_on_ranks
 from vissl_lite.errors import ConfigError
 from vissl_lite.methods.swav import sinkhorn, swav_loss
@@ -63,15 +63,9 @@ def test_swav_loss_equals_lightly_values_and_gradients(with_queue):
     loss_mod = lightly_module("loss")
     scores = _scores(crops=4)
     queue = _scores(b=12, crops=2, seed=1) if with_queue else None
-    ours_in = [s.clone().requires_grad_(True) for s in scores]
-    theirs_in = [s.clone().requires_grad_(True) for s in scores]
-    ours = swav_loss(ours_in, 2, queue_scores=queue)
-    theirs = loss_mod.SwaVLoss()(theirs_in[:2], theirs_in[2:], queue_outputs=queue)
-    ours.backward()
-    theirs.backward()
-    torch.testing.assert_close(ours, theirs.reshape(()))
-    for o, t in zip(ours_in, theirs_in):
-        torch.testing.assert_close(o.grad, t.grad)
+    assert_same_value_and_grads(
+        lambda *s: swav_loss(list(s), 2, queue_scores=queue),
+        lambda *s: loss_mod.SwaVLoss()(list(s[:2]), list(s[2:]), queue_outputs=queue), scores)
 
 
 def _crops_and_queue(s0, s1, s2, q0, q1):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from _helpers import tiny_method, views_batch
+from _helpers import assert_same_value_and_grads, tiny_method, views_batch
 from _je import assert_one_graph, assert_ranks_match_full, lightly_module, loss_on_ranks
 from vissl_lite.methods.vicreg import vicreg_loss
 
@@ -38,15 +38,7 @@ def test_vicreg_matches_formula(scale):
 def test_vicreg_equals_lightly_values_and_gradients():
     loss_mod = lightly_module("loss")
     z_a, z_b = torch.randn(16, 8) * 0.5, torch.randn(16, 8)
-    ours_in = [z_a.clone().requires_grad_(True), z_b.clone().requires_grad_(True)]
-    theirs_in = [z_a.clone().requires_grad_(True), z_b.clone().requires_grad_(True)]
-    ours = vicreg_loss(*ours_in)
-    theirs = loss_mod.VICRegLoss()(*theirs_in)
-    ours.backward()
-    theirs.backward()
-    torch.testing.assert_close(ours, theirs)
-    for o, t in zip(ours_in, theirs_in):
-        torch.testing.assert_close(o.grad, t.grad)
+    assert_same_value_and_grads(vicreg_loss, loss_mod.VICRegLoss(), [z_a, z_b])
 
 
 def test_vicreg_gathered_over_two_ranks_equals_full_batch(tmp_path):

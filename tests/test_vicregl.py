@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _helpers import tiny_method, views_batch
+from _helpers import assert_same_value_and_grads, tiny_method, views_batch
 from _je import assert_ranks_match_full, lightly_module, loss_on_ranks
 from vissl_lite.config import load_config
 from vissl_lite.errors import ConfigError, DataError
@@ -48,16 +48,10 @@ def _lightly_with_all_feature_matches(z, maps, grids):
 
 def _compare(ours_fn, theirs_fn, num_views: int):
     z, maps, grids = _inputs(num_views)
-    tensors = z + maps
-    ours_in = [t.clone().requires_grad_(True) for t in tensors]
-    theirs_in = [t.clone().requires_grad_(True) for t in tensors]
-    ours = ours_fn(ours_in[:num_views], ours_in[num_views:], grids)
-    theirs = theirs_fn(theirs_in[:num_views], theirs_in[num_views:], grids).reshape(())
-    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
-    ours.backward()
-    theirs.backward()
-    for o, t in zip(ours_in, theirs_in):
-        torch.testing.assert_close(o.grad, t.grad, rtol=1e-4, atol=1e-6)
+    assert_same_value_and_grads(
+        lambda *t: ours_fn(list(t[:num_views]), list(t[num_views:]), grids),
+        lambda *t: theirs_fn(list(t[:num_views]), list(t[num_views:]), grids), z + maps,
+        value_tol=dict(rtol=1e-5, atol=1e-5), grad_tol=dict(rtol=1e-4, atol=1e-6))
 
 
 @pytest.mark.parametrize("num_views", [2, 4])
