@@ -3,7 +3,8 @@ and a method is one file plus a preset (discovered, with no other edit).
 
 Layers (a module may import its own layer and the ones below it):
 
-    0  errors, registry, presets, config + the sections' config schemas, schedules, rng, distributed
+    0  errors, registry, presets, config + the sections' config schemas, schedules, rng, distributed,
+       host_memory
     1  backbones, augment, data
     2  methods
     3  eval (evaluators and the online monitor)

@@ -19,7 +19,7 @@ key                          on CUDA                                         on 
 ``data.num_workers``         cores per local rank, at most 12                cores, at most 4
 ``train.reuse_host_memory``  ``false`` (the step does not run on host      ``true`` (glibc: the
                              memory)                                         memory a step frees is
-                                                                             reused; engine/
+                                                                             reused; vissl_lite/
                                                                              host_memory.py)
 ===========================  ==============================================  =======================
 

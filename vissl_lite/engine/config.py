@@ -44,7 +44,7 @@ class TrainConfig:
     max_consecutive_skips: int = 20   # with skip_nonfinite: stop after this many skips in a row
     device: str = "auto"              # auto | cpu | cuda
     reuse_host_memory: Any = "auto"   # auto | true | false: keep freed memory for the next step
-    #                                   (CPU training; engine/host_memory.py)
+    #                                   (CPU training; host_memory.py)
     log_every: int = 10
 
 

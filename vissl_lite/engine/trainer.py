@@ -8,8 +8,8 @@ the end of an epoch), logs them (``logger.py``; the printed lines also go to ``t
 ``console.py``), runs the online monitor at the end of an epoch, writes checkpoints
 (``checkpoint.py``; ``best.pt`` follows a monitor metric; ``clock.py``: every
 ``checkpoint.every_minutes``), stops cleanly on SIGINT/SIGTERM/SIGUSR1 (``stop.py``) or a
-non-finite loss, and on CPU keeps freed memory for the next step (``host_memory.py``). The trainer
-never names a method.
+non-finite loss, and on CPU keeps freed memory for the next step (``vissl_lite/host_memory.py``).
+The trainer never names a method.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from vissl_lite.engine.clock import CheckpointClock
 from vissl_lite.engine.components import Components, build_components
 from vissl_lite.engine.console import TrainLog, epoch_numbers, learning_summary
 from vissl_lite.engine.dcp import ShardedCheckpoints
-from vissl_lite.engine.host_memory import reused_host_memory
+from vissl_lite.host_memory import reused_host_memory
 from vissl_lite.engine.logger import RunLogger, log, setup_console_logging, step_record
 from vissl_lite.engine.resume import checkpoint_state, find_and_check
 from vissl_lite.engine.rundir import prepare_output_dir

@@ -32,6 +32,7 @@ from vissl_lite.numbers import tidy
 from vissl_lite.errors import BackboneError, EvalError, VisslLiteError
 from vissl_lite.eval.evaluator import EvalContext, EvalResult
 from vissl_lite.eval.features import EvalWarning
+from vissl_lite.host_memory import reused_host_memory
 from vissl_lite.registry import EVALUATORS
 from vissl_lite.backbones.card import INTERPOLATIONS
 from vissl_lite.backbones.encoder import FEATURES
@@ -256,7 +257,7 @@ def run_eval_cli(args: argparse.Namespace) -> int:
     ctx = EvalContext(args, partial(load_encoder, args=args),
                       figure_dir=out.parent if out else None,
                       figure_prefix=f"{out.stem}_" if out else "")
-    with one_line_warnings():
+    with one_line_warnings(), reused_host_memory(ctx.device.type == "cpu"):
         result = cls().run(ctx)
     if dist.is_main():
         data = ctx.describe_data()

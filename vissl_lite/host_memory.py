@@ -1,4 +1,4 @@
-"""Training on the CPU: keep the memory a step frees for the next step (glibc ``mallopt``).
+"""On the CPU, keep the memory a step frees for the next step (glibc ``mallopt``): training, eval.
 
 A CPU training step allocates and frees the same large tensors every step: a ResNet-18's
 activations at batch 128 and 32 px are 34 MB each, over a gigabyte in all. glibc's malloc serves
@@ -19,6 +19,10 @@ glibc's default values are put back (its dynamic adjustment of the thresholds st
 held memory is returned (``malloc_trim``), so a script or a test session that trains in-process
 keeps its usual allocator afterwards. DataLoader workers forked during the run inherit the
 setting.
+
+``vissl-lite eval`` (and each part of ``eval report``) does the same on CPU: a kNN evaluation
+(ResNet-18 features of 5,000 + 1,000 CIFAR-10 images, batch 256, 2 cores) took 28.6-29.6 s
+with it against 36.0-38.1 s without, 0.4 against 12-13 million page faults.
 
 Only glibc's ``mallopt`` has these meanings; elsewhere (macOS, musl) this does nothing.
 """
