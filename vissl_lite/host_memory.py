@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import platform
 from typing import Iterator, Optional
 
@@ -40,8 +41,10 @@ DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
 NEVER_TRIM = 2 ** 31 - 1     # mallopt takes an int
 
 
+@functools.lru_cache(maxsize=None)
 def _glibc() -> Optional[ctypes.CDLL]:
-    """The C library when it is glibc (the only one whose ``mallopt`` does what is set here)."""
+    """The C library when it is glibc (the only one whose ``mallopt`` does what is set here);
+    looked up once per process."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
     try:

@@ -31,7 +31,6 @@ from vissl_lite.engine.clock import CheckpointClock
 from vissl_lite.engine.components import Components, build_components
 from vissl_lite.engine.console import TrainLog, epoch_numbers, learning_summary
 from vissl_lite.engine.dcp import ShardedCheckpoints
-from vissl_lite.host_memory import reused_host_memory
 from vissl_lite.engine.logger import RunLogger, log, setup_console_logging, step_record
 from vissl_lite.engine.resume import checkpoint_state, find_and_check
 from vissl_lite.engine.rundir import prepare_output_dir
@@ -42,6 +41,7 @@ from vissl_lite.engine.step import (PendingStep, StepNumbers, StepRunner, non_fi
                                     read_back)
 from vissl_lite.engine.stop import StopSignal
 from vissl_lite.errors import NonFiniteLossError
+from vissl_lite.host_memory import reused_host_memory
 from vissl_lite.methods import build_method
 from vissl_lite.rng import preserved_rng, seed_everything
 
